@@ -1,0 +1,93 @@
+"""Transforms, reductions and normalisations of layer-pair attributions (SPEC section 3).
+
+A layer-pair attribution ``A`` has shape ``[N, K, C, *spatial]`` for a convolutional source (``C`` channels) or
+``[N, K, F]`` for a 1-D source. ``aggregate`` turns it into per-unit spatial maps (``over="channels"``), the
+``K x C`` layer-pair matrix (``over="space"``), or just the transformed tensor (``over=None``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal, Union
+
+import torch
+
+__all__ = ["TRANSFORMS", "NORMALIZATIONS", "aggregate", "apply_transform", "normalize"]
+
+Transform = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "abs": torch.abs,
+    "sqrt": lambda a: torch.sqrt(torch.abs(a)),
+    "lin": lambda a: a,
+    "square": torch.square,
+}
+
+NORMALIZATIONS = ("minmax", "max")
+
+
+def apply_transform(A: torch.Tensor, transform: Transform = "abs") -> torch.Tensor:
+    """Apply the element-wise transform tau (``"abs"``, ``"sqrt"``, ``"lin"``, ``"square"`` or a callable)."""
+    if callable(transform):
+        out = transform(A)
+        if not isinstance(out, torch.Tensor) or out.shape != A.shape:
+            raise ValueError("a callable transform must return a tensor of the same shape as its input")
+        return out
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; allowed: {sorted(TRANSFORMS)} or a callable")
+    return TRANSFORMS[transform](A)
+
+
+def aggregate(
+    A: torch.Tensor,
+    transform: Transform = "abs",
+    over: Literal["channels", "space"] | None = "channels",
+) -> torch.Tensor:
+    """Aggregate a layer-pair attribution.
+
+    Parameters
+    ----------
+    A:
+        ``[N, K, C, *spatial]`` (convolutional source) or ``[N, K, F]`` (1-D source).
+    transform:
+        tau applied element-wise before summing: ``"abs"`` ``|a|``, ``"sqrt"`` ``sqrt(|a|)``, ``"lin"`` ``a``,
+        ``"square"`` ``a**2``, or a callable returning a tensor of the same shape.
+    over:
+        ``"channels"``: ``M[n, k, *p] = sum_c tau(A[n, k, c, *p])``, shape ``[N, K, *spatial]`` (a spatial map
+        per target unit; for ``[N, K, F]`` this sums the features, giving ``[N, K]``).
+        ``"space"``: ``Q[n, k, c] = sum_p tau(A[n, k, c, p])``, shape ``[N, K, C]`` (the layer-pair matrix;
+        for ``[N, K, F]`` it is ``tau(A)`` itself).
+        ``None``: ``tau(A)``, same shape as ``A``.
+    """
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"A must be a torch.Tensor of shape [N, K, C, *spatial] or [N, K, F], got {type(A).__name__}")
+    if A.dim() < 3:
+        raise ValueError(f"A must have shape [N, K, C, *spatial] or [N, K, F]; got shape {tuple(A.shape)}")
+    T = apply_transform(A, transform)
+    if over is None:
+        return T
+    if over == "channels":
+        return T.sum(dim=2)
+    if over == "space":
+        return T.flatten(3).sum(dim=3) if T.dim() > 3 else T
+    raise ValueError(f"unknown over={over!r}; allowed: 'channels', 'space' or None")
+
+
+def normalize(maps: torch.Tensor, normalization: str = "minmax", start_dim: int = 2) -> torch.Tensor:
+    """Normalise each map (per sample and target unit) over its dimensions from ``start_dim`` on.
+
+    ``"minmax"``: ``(m - min m) / (max m - min m)``, and 0 where the map is constant.
+    ``"max"``: ``m / max |m|`` (0 where the map is 0 everywhere); smooth almost everywhere, for training.
+
+    ``maps`` is e.g. ``[N, K, H, W]`` with ``start_dim=2``; the output has the same shape.
+    """
+    flat = maps.flatten(start_dim)
+    if normalization == "minmax":
+        lo = flat.amin(-1, keepdim=True)
+        span = flat.amax(-1, keepdim=True) - lo
+        out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                          torch.zeros_like(flat))
+    elif normalization == "max":
+        peak = flat.abs().amax(-1, keepdim=True)
+        out = torch.where(peak > 0, flat / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(flat))
+    else:
+        raise ValueError(f"unknown normalization {normalization!r}; allowed: {list(NORMALIZATIONS)}")
+    return out.view_as(maps)
