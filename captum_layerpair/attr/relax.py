@@ -102,10 +102,10 @@ class RELAX(PerturbationAttribution):
         p_keep: float = 0.5,
         similarity: Similarity = "cosine",
         mask_batch_size: int = 100,
-        additional_forward_args: Any = None,
         return_uncertainty: bool = False,
         seed: int = 0,
         show_progress: bool = False,
+        additional_forward_args: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Compute RELAX importance (and uncertainty) maps.
 
@@ -124,15 +124,15 @@ class RELAX(PerturbationAttribution):
             ``[M, D]`` batches of representations.
         mask_batch_size:
             Masks evaluated per forward pass; each forward pass sees ``N * mask_batch_size`` masked images.
-        additional_forward_args:
-            Extra arguments passed to the encoder after the images (tensors with a batch dimension are
-            expanded with the masked batch, as in Captum).
         return_uncertainty:
             Also return the uncertainty map.
         seed:
             Seed of the mask draws (a private ``torch.Generator``; the global RNG is not touched).
         show_progress:
             Show a progress bar over mask batches.
+        additional_forward_args:
+            Extra arguments passed to the encoder after the images (tensors with a batch dimension are
+            expanded with the masked batch, as in Captum).
 
         Returns
         -------
