@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from captum_layerpair.aggregation import aggregate
 from captum_layerpair.datasets import make_blob_images
@@ -148,8 +148,14 @@ def test_mismatched_sample_counts_are_rejected(blobs):
         NetworkDissection(PlantedDetectors(), "detect").evaluate(x, masks[:100])
     with pytest.raises(ValueError, match="a batch has 20 samples but 10 concept masks"):
         NetworkDissection(PlantedDetectors(), "detect").evaluate([(x[:20], masks[:10])])
-    with pytest.raises(ValueError, match="yielded 120 samples but 100 were expected"):
+    with pytest.raises(ValueError, match="yielded 120 samples but concept_masks has 100"):
         NetworkDissection(PlantedDetectors(), "detect").evaluate(DataLoader(TensorDataset(x), batch_size=40), masks[:100])
+    oversampled = DataLoader(TensorDataset(x, masks), batch_size=50,
+                             sampler=RandomSampler(range(120), replacement=True, num_samples=200))
+    with pytest.raises(ValueError, match="yielded 200 samples but 120 were expected"):
+        NetworkDissection(PlantedDetectors(), "detect").evaluate(oversampled)
+    with pytest.raises(ValueError, match="yielded 80 samples but concept_masks has 120"):
+        NetworkDissection(PlantedDetectors(), "detect").evaluate(DataLoader(TensorDataset(x[:80]), batch_size=40), masks)
 
 
 @pytest.mark.parametrize("layer, match", [

@@ -287,6 +287,8 @@ def _batches(data: Any, concept_masks: torch.Tensor | None, batch_size: int) -> 
                 inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
                 yield inputs, concept_masks[start:start + len(inputs)]
                 start += len(inputs)
+            if start != len(concept_masks):
+                raise ValueError(f"the data yielded {start} samples but concept_masks has {len(concept_masks)}")
         return paired, len(concept_masks)
 
     def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
