@@ -81,8 +81,8 @@ class LabelFreeAttribution(Attribution):
 
         Returns
         -------
-        What the method returns: attributions shaped like ``inputs`` (a tensor, or a tuple for tuple inputs),
-        with its convergence delta ``[N]`` where ``return_convergence_delta=True``.
+        What the method returns: attributions shaped like ``inputs`` (a tensor, or a tuple for tuple inputs; layer
+        methods give the layer's shape), with its convergence delta ``[N]`` where ``return_convergence_delta=True``.
         """
         if "target" in method_kwargs:
             raise TypeError("LabelFreeAttribution explains the scalar <f(x~), f(x)>, so it takes no target; "
@@ -110,9 +110,9 @@ class LabelFreeAttribution(Attribution):
 
         Returns
         -------
-        Attributions ``[N, len(dims), *input_shape]`` (a tuple of those for tuple inputs); with
-        ``return_convergence_delta=True`` also the method's deltas stacked on a new dimension 1 (``[N, len(dims)]``
-        for IntegratedGradients).
+        Attributions ``[N, len(dims), *input_shape]`` (a tuple of those for tuple inputs; ``*layer_shape`` for
+        layer methods); with ``return_convergence_delta=True`` also the method's deltas stacked on a new
+        dimension 1 (``[N, len(dims)]`` for IntegratedGradients).
         """
         if "target" in method_kwargs:
             raise TypeError("attribute_dimensions takes the dimensions as dims=..., not target=...")
