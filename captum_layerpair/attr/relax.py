@@ -123,7 +123,8 @@ class RELAX(PerturbationAttribution):
             ``"cosine"`` (the paper's choice), ``"dot"``, or a callable ``sim(h, h_masked) -> [M]`` taking two
             ``[M, D]`` batches of representations.
         mask_batch_size:
-            Masks evaluated per forward pass; each forward pass sees ``N * mask_batch_size`` masked images.
+            Masks evaluated per forward pass; each forward pass sees ``N * mask_batch_size`` masked images
+            (on a CPU, a few hundred images per pass is usually fastest).
         return_uncertainty:
             Also return the uncertainty map.
         seed:
