@@ -1,0 +1,287 @@
+"""``LayerPairAttribution``: attribute every unit of a target layer onto every unit of an earlier source layer."""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum.attr._utils.attribution import Attribution
+from torch import nn
+from tqdm.auto import tqdm
+
+from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
+from captum_layerpair.attr import _strategies
+from captum_layerpair.attr._methods import NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
+from captum_layerpair.attr._shared_forward import SharedForward
+from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork, TargetReduction, reduce_target
+
+__all__ = ["LayerPairAttribution"]
+
+Vectorize = Literal["auto", "batched", "loop"]
+
+
+class LayerPairAttribution(Attribution):
+    r"""Attribute each unit of a *target* layer onto the units of an earlier *source* layer with a Captum method.
+
+    For inputs ``x`` let ``a = S(x)`` be the source layer's output (its input with
+    ``attribute_to_source_input=True``). The sub-network ``g_x(a')`` runs the model on ``x`` with the source value
+    replaced by ``a'``, captures the target output ``T`` and reduces each target unit to a scalar
+    (``target_reduction``), so ``g_x(a') -> [N, K]``. Paths that skip the source keep their values from ``x``.
+
+    * A plain Captum method (Saliency, IntegratedGradients, DeepLift, Occlusion, KernelShap, NoiseTunnel(...), ...)
+      attributes ``g_x`` with ``inputs=a``; its ``baselines`` live in source-activation space, and
+      ``input_baselines=`` maps model-input baselines there.
+    * A Captum layer method (LayerIntegratedGradients, LayerConductance, ...) attributes ``x -> [N, K]`` with
+      ``layer=source``; its ``baselines`` (and ``input_baselines``) live in model-input space.
+
+    All target units come from one call. Gradient methods share one forward pass per step and compute every
+    unit's gradient with one batched vector-Jacobian product; Captum's ablation family reads every unit from the
+    same perturbed forwards; other methods share their forwards across units. Every unit sees the same random
+    draws (noise, interpolation points, baselines), so units are comparable and the fast path equals the loop.
+
+    Parameters
+    ----------
+    forward_func:
+        The model (an ``nn.Module``; any callable when the layers are given as modules).
+    source_layer, target_layer:
+        ``nn.Module``s of the model or dotted names (``"layer1.0.conv1"``). The source must run before the
+        target completes, and each must run exactly once per forward pass and output a single tensor.
+    method:
+        A ``captum.attr`` class, its name, ``"paper_expected_gradients"``, or a factory callable
+        ``forward_func -> Attribution`` (plain) / ``(forward_func, layer) -> Attribution`` (layer method).
+    target_reduction:
+        ``"sum"`` (default) or ``"mean"`` over every dimension after the channel dimension (K = channels),
+        ``"none"`` (every element a unit, K = prod(T.shape[1:])), or a callable ``T -> [N, K]``.
+    method_kwargs:
+        Default keyword arguments for the method's ``attribute`` (e.g. ``{"n_steps": 32}``).
+    vectorize:
+        ``"auto"`` (fast paths), ``"loop"`` (one independent Captum run per unit) or ``"batched"`` (one run with
+        the batch repeated per unit; exact for deterministic methods).
+    stop_at_target:
+        End each forward pass once the target output is captured (turn off for models whose forward swallows
+        exceptions).
+
+    Examples
+    --------
+    >>> lp = LayerPairAttribution(model, "layer1.0.conv1", model.embed, method=IntegratedGradients)
+    >>> A = lp.attribute(x, n_steps=32)              # [N, K, C, H, W]
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        source_layer: LayerSpec,
+        target_layer: LayerSpec,
+        method: MethodSpec,
+        target_reduction: TargetReduction = "sum",
+        method_kwargs: dict[str, Any] | None = None,
+        vectorize: Vectorize = "auto",
+        stop_at_target: bool = True,
+    ) -> None:
+        super().__init__(forward_func)
+        self.source = resolve_layer(forward_func, source_layer, "source")
+        self.target = resolve_layer(forward_func, target_layer, "target")
+        self.method = resolve_method(method)
+        if not (callable(target_reduction) or target_reduction in ("sum", "mean", "none")):
+            raise ValueError(f"unknown target_reduction {target_reduction!r}; allowed: 'sum', 'mean', 'none' or a "
+                             "callable T -> [N, K]")
+        if vectorize not in ("auto", "batched", "loop"):
+            raise ValueError(f"unknown vectorize {vectorize!r}; allowed: 'auto', 'batched', 'loop'")
+        self.target_reduction = target_reduction
+        self.method_kwargs = dict(method_kwargs or {})
+        self.vectorize = vectorize
+        self.stop_at_target = stop_at_target
+
+    @property
+    def source_layer(self) -> nn.Module:
+        return self.source[1]
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.target[1]
+
+    def has_convergence_delta(self) -> bool:
+        return self.method.name in ("IntegratedGradients", "GradientShap", "DeepLift", "DeepLiftShap",
+                                    "LayerIntegratedGradients", "LayerConductance", "LayerDeepLift",
+                                    "LayerDeepLiftShap", "LayerGradientShap")
+
+    def source_activations(self, inputs: Any, additional_forward_args: Any = None,
+                           attribute_to_source_input: bool = False) -> torch.Tensor:
+        """The source layer's value on ``inputs``: ``[N, *source_shape]`` (detached; no gradient)."""
+        x = _format_tensor_into_tuples(inputs)
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        with torch.no_grad(), model_state_preserved(self.forward_func):
+            record = run_model(self.forward_func, (*x, *args), self.source, None,
+                               to_source_input=attribute_to_source_input, stop_at_source=True)
+        return record.source_value.detach()
+
+    def target_units(self, inputs: Any, additional_forward_args: Any = None) -> int:
+        """The number of target units K for these inputs (after ``target_reduction``)."""
+        x = _format_tensor_into_tuples(inputs)
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        with torch.no_grad(), model_state_preserved(self.forward_func):
+            record = run_model(self.forward_func, (*x, *args), self.source, self.target,
+                               stop_at_target=self.stop_at_target)
+        return reduce_target(record.target_output, self.target_reduction).shape[1]
+
+    def attribute(
+        self,
+        inputs: torch.Tensor | tuple[torch.Tensor, ...],
+        target: int | list[int] | torch.Tensor | None = None,
+        additional_forward_args: Any = None,
+        attribute_to_source_input: bool = False,
+        target_batch_size: int | None = None,
+        return_convergence_delta: bool = False,
+        show_progress: bool = False,
+        input_baselines: torch.Tensor | float | None = None,
+        vectorize: Vectorize | None = None,
+        **method_kwargs: Any,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        r"""Attribute the target units to the source layer's units.
+
+        Parameters
+        ----------
+        inputs:
+            Model inputs ``[N, ...]`` (or a tuple of them).
+        target:
+            ``None``: all K target units; an ``int``: one unit; a list / 1-D tensor of unit indices.
+        additional_forward_args:
+            Extra model arguments, expanded with the batch as in Captum.
+        attribute_to_source_input:
+            Attribute to the source layer's input instead of its output.
+        target_batch_size:
+            Process this many target units at a time (bounds memory: the fast gradient path holds
+            ``target_batch_size`` gradient rows per evaluated point).
+        return_convergence_delta:
+            Also return the method's convergence delta per sample and unit, measured against ``g_x``.
+        show_progress:
+            Show a progress bar over target units.
+        input_baselines:
+            Baselines in model-input space (e.g. a black image, ``[N or 1, ...]`` or a number); for plain methods
+            they are mapped to the source layer (``baselines = source_activations(input_baselines)``).
+        vectorize:
+            Overrides the constructor's choice for this call.
+        **method_kwargs:
+            Passed to the method's ``attribute`` (``baselines``, ``n_steps``, ``sliding_window_shapes``, ...).
+
+        Returns
+        -------
+        attributions:
+            ``[N, K, *source_shape]`` for ``target=None``, ``[N, *source_shape]`` for an int,
+            ``[N, len(target), *source_shape]`` for a list.
+        delta:
+            With ``return_convergence_delta=True``: ``[N, K]`` (``[N]`` for an int target).
+        """
+        x = _format_tensor_into_tuples(inputs)
+        _check_inputs(x)
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        kwargs = {**self.method_kwargs, **method_kwargs}
+        vectorize = vectorize or self.vectorize
+        if self.source[1] is self.target[1] and not attribute_to_source_input:
+            raise ValueError(f"source and target are the same layer {self.source[0]!r}; the source must come "
+                             "strictly before the target (or use attribute_to_source_input=True)")
+        with model_state_preserved(self.forward_func):
+            with torch.no_grad():
+                record = run_model(self.forward_func, (*x, *args), self.source, self.target,
+                                   to_source_input=attribute_to_source_input, stop_at_target=False)
+                n_units = reduce_target(record.target_output, self.target_reduction).shape[1]
+            units, squeeze = _parse_target(target, n_units)
+            if input_baselines is not None:
+                if "baselines" in kwargs:
+                    raise ValueError("give either baselines (source space) or input_baselines (input space), not both")
+                kwargs["baselines"] = self._map_input_baselines(input_baselines, x, args, attribute_to_source_input)
+            if self.method.build is None:
+                from captum_layerpair.attr.paper_expected_gradients import paper_expected_gradients
+
+                attr = paper_expected_gradients(self, x, args, units, attribute_to_source_input,
+                                                target_batch_size, **kwargs)
+                delta = None
+                if return_convergence_delta:
+                    raise ValueError("paper_expected_gradients has no convergence delta")
+            else:
+                job = self._job(record.source_value, x, args, kwargs, attribute_to_source_input,
+                                return_convergence_delta, show_progress)
+                attr, delta = self._run_chunks(job, units, target_batch_size, vectorize, show_progress)
+        if squeeze:
+            attr, delta = attr[:, 0], None if delta is None else delta[:, 0]
+        return (attr, delta) if return_convergence_delta else attr
+
+    def _map_input_baselines(self, input_baselines: Any, x: tuple[torch.Tensor, ...], args: tuple[Any, ...],
+                             to_source_input: bool) -> Any:
+        if self.method.is_layer_method:
+            return input_baselines
+        if not isinstance(input_baselines, torch.Tensor):
+            input_baselines = torch.full_like(x[0], float(input_baselines))
+        if len(x) > 1:
+            raise ValueError("input_baselines supports single-input models; pass source-space baselines instead")
+        ref_args = args if input_baselines.shape[0] == x[0].shape[0] else ()
+        return self.source_activations(input_baselines, ref_args or None, to_source_input)
+
+    def _job(self, source_value: torch.Tensor, x: tuple[torch.Tensor, ...], args: tuple[Any, ...],
+             kwargs: dict[str, Any], to_source_input: bool, return_delta: bool,
+             show_progress: bool) -> _strategies.AttributionJob:
+        common = dict(model=self.forward_func, source=self.source, target=self.target,
+                      reduction=self.target_reduction, stop_at_target=self.stop_at_target, n_inputs=len(x))
+        if self.method.is_layer_method:
+            if to_source_input:
+                kwargs = {**kwargs, "attribute_to_layer_input": True}
+            return _strategies.AttributionJob(self.method, ModelToTarget(**common), self.source[1], x, args, kwargs,
+                                              return_delta, show_progress)
+        function = SubNetwork(**common, to_source_input=to_source_input)
+        return _strategies.AttributionJob(self.method, function, self.source[1], (source_value.detach(),),
+                                          (*x, *args), kwargs, return_delta, show_progress)
+
+    def _run_chunks(self, job: _strategies.AttributionJob, units: torch.Tensor, target_batch_size: int | None,
+                    vectorize: str, show_progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if target_batch_size is not None and target_batch_size < 1:
+            raise ValueError(f"target_batch_size must be a positive int or None, got {target_batch_size}")
+        size = target_batch_size or len(units)
+        is_native = not job.method.is_layer_method and isinstance(job.build(), NATIVE_MULTI_OUTPUT)
+        attrs, deltas = [], []
+        with tqdm(total=len(units), desc=f"LayerPair {job.method.name}", unit="unit",
+                  disable=not show_progress) as progress:
+            for start in range(0, len(units), size):
+                chunk = units[start:start + size]
+                if vectorize == "batched":
+                    attr, delta = _strategies.folded(job, chunk, progress)
+                elif vectorize == "loop" or job.method.is_layer_method:
+                    attr, delta = _strategies.per_unit(job, chunk, None, progress)
+                elif is_native:
+                    attr, delta = _strategies.native(job, chunk, progress)
+                else:
+                    attr, delta = _strategies.per_unit(job, chunk, SharedForward(), progress)
+                attrs.append(attr)
+                deltas.append(delta)
+        attr = attrs[0] if len(attrs) == 1 else torch.cat(attrs, 1)
+        delta = None if deltas[0] is None else torch.cat(deltas, 1)
+        return attr, delta
+
+
+def _check_inputs(x: tuple[torch.Tensor, ...]) -> None:
+    for i, t in enumerate(x):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"inputs must be tensors; input {i} is a {type(t).__name__}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"input {i} contains NaN or inf values; attributions of non-finite inputs are undefined")
+
+
+def _parse_target(target: Any, n_units: int) -> tuple[torch.Tensor, bool]:
+    """Unit indices ``[k]`` and whether the unit dimension is dropped (int target)."""
+    if target is None:
+        return torch.arange(n_units), False
+    if isinstance(target, bool):
+        raise TypeError("target must be None, an int, or a list / 1-D tensor of ints; got a bool")
+    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+        units, squeeze = torch.tensor([int(target)]), True
+    elif isinstance(target, (list, tuple, torch.Tensor)):
+        units = torch.as_tensor(target)
+        if units.dim() != 1 or units.numel() == 0 or units.is_floating_point():
+            raise ValueError(f"target as a list / tensor must be a non-empty 1-D sequence of ints; got {target!r}")
+        squeeze = False
+    else:
+        raise TypeError(f"target must be None, an int, or a list / 1-D tensor of ints; got {type(target).__name__}")
+    bad = units[(units < 0) | (units >= n_units)]
+    if bad.numel():
+        raise ValueError(f"target unit {bad[0].item()} is out of range: the target layer has K = {n_units} units "
+                         f"(indices 0 .. {n_units - 1})")
+    return units.long(), squeeze
