@@ -9,10 +9,13 @@ Each returns ``(attributions [N, k, *S], deltas [N, k] or None)``.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from captum.attr._utils.attribution import PerturbationAttribution
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -38,6 +41,11 @@ class AttributionJob:
     kwargs: dict[str, Any] = field(default_factory=dict)
     return_delta: bool = False
     show_progress: bool = False
+    rng_state: tuple[Any, ...] = field(default_factory=lambda: _rng_state())
+
+    def reset_rng(self) -> None:
+        """Every unit (and every chunk of units) starts from the RNG state of the attribute call."""
+        _set_rng_state(self.rng_state)
 
     @property
     def n(self) -> int:
@@ -71,17 +79,19 @@ def per_unit(job: AttributionJob, units: torch.Tensor, shared: SharedForward | N
              progress: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One Captum run per unit of ``units`` (same RNG state for each); shared forwards when ``shared`` is given."""
     instance = job.build()
-    rng_state = torch.random.get_rng_state()
+    inputs = job.captum_inputs()
+    if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
+        inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag
     attrs, deltas = [], []
     if shared is not None:
         job.function.units, job.function.shared = units, shared
     try:
         for i, unit in enumerate(units.tolist()):
-            torch.random.set_rng_state(rng_state)
+            job.reset_rng()
             if shared is not None:
                 shared.record() if i == 0 else shared.replay()
             target = i if shared is not None else unit
-            attr, delta = job.call(instance, job.captum_inputs(), target, job.forward_args, job.kwargs)
+            attr, delta = job.call(instance, inputs, target, job.forward_args, job.kwargs)
             attrs.append(attr.detach())
             deltas.append(delta)
             if progress is not None:
@@ -96,6 +106,7 @@ def native(job: AttributionJob, units: torch.Tensor,
     """One run of an ablation-family method with ``target=None`` on a function returning the chunk's units."""
     instance = job.build()
     job.function.units = units
+    job.reset_rng()
     try:
         kwargs = dict(job.kwargs)
         if job.show_progress:
@@ -121,11 +132,27 @@ def folded(job: AttributionJob, units: torch.Tensor,
         if per_example and key in kwargs:
             kwargs[key] = _fold_kwarg(kwargs[key], n, k)
     targets = units.repeat_interleave(n).tolist()
+    job.reset_rng()
     attr, delta = job.call(instance, job.captum_inputs(inputs), targets, forward_args, kwargs)
     if progress is not None:
         progress.update(k)
     attr = attr.detach().reshape(k, n, *attr.shape[1:]).transpose(0, 1)
     return attr, None if delta is None else delta.detach().reshape(k, n).transpose(0, 1)
+
+
+def _rng_state() -> tuple[Any, ...]:
+    """The random states Captum draws from: torch (CPU and CUDA), NumPy (GradientShap) and Python's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.random.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def _set_rng_state(state: tuple[Any, ...]) -> None:
+    cpu, cuda, numpy_state, python_state = state
+    torch.random.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 def _is_batched(value: Any, n: int) -> bool:
