@@ -148,11 +148,8 @@ def run_model(
                 raise ValueError(f"target layer {tgt_name!r} is called more than once per forward pass; "
                                  "layer-pair attribution needs a layer that runs once")
             record.order.append("target")
-            if record.source_calls == 0:
-                raise ValueError(f"source layer {src_name!r} does not run before target layer {tgt_name!r}: the "
-                                 "source must come strictly before the target in the forward pass")
             record.target_output = _single_tensor(out, tgt_name, "returns")
-            if stop_at_target:
+            if stop_at_target and record.source_calls > 0:
                 raise _StopForward
 
         handles.append(tgt_module.register_forward_hook(target_hook))
@@ -166,6 +163,9 @@ def run_model(
         raise ValueError(f"source layer {src_name!r} was not reached in the forward pass")
     if target is not None and record.target_calls == 0:
         raise ValueError(f"target layer {target[0]!r} was not reached in the forward pass")
+    if target is not None and record.order[0] == "target":
+        raise ValueError(f"source layer {src_name!r} does not run before target layer {target[0]!r}: the source "
+                         "must come strictly before the target in the forward pass")
     return record
 
 

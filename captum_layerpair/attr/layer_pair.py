@@ -85,8 +85,7 @@ class LayerPairAttribution(Attribution):
         if not (callable(target_reduction) or target_reduction in ("sum", "mean", "none")):
             raise ValueError(f"unknown target_reduction {target_reduction!r}; allowed: 'sum', 'mean', 'none' or a "
                              "callable T -> [N, K]")
-        if vectorize not in ("auto", "batched", "loop"):
-            raise ValueError(f"unknown vectorize {vectorize!r}; allowed: 'auto', 'batched', 'loop'")
+        _check_vectorize(vectorize)
         self.target_reduction = target_reduction
         self.method_kwargs = dict(method_kwargs or {})
         self.vectorize = vectorize
@@ -177,6 +176,7 @@ class LayerPairAttribution(Attribution):
         args = _format_additional_forward_args(additional_forward_args) or ()
         kwargs = {**self.method_kwargs, **method_kwargs}
         vectorize = vectorize or self.vectorize
+        _check_vectorize(vectorize)
         if self.source[1] is self.target[1] and not attribute_to_source_input:
             raise ValueError(f"source and target are the same layer {self.source[0]!r}; the source must come "
                              "strictly before the target (or use attribute_to_source_input=True)")
@@ -255,6 +255,11 @@ class LayerPairAttribution(Attribution):
         attr = attrs[0] if len(attrs) == 1 else torch.cat(attrs, 1)
         delta = None if deltas[0] is None else torch.cat(deltas, 1)
         return attr, delta
+
+
+def _check_vectorize(vectorize: str) -> None:
+    if vectorize not in ("auto", "batched", "loop"):
+        raise ValueError(f"unknown vectorize {vectorize!r}; allowed: 'auto', 'batched', 'loop'")
 
 
 def _check_inputs(x: tuple[torch.Tensor, ...]) -> None:
