@@ -144,7 +144,8 @@ def main() -> None:
 
     header = f"{'method':<48} {'region':<6} {'pointing game':>15} {'mass in region':>15} {'ms / sample':>15}"
     print(f"\n{len(args.seeds)} seeds x {args.n_eval} images, {IMAGE_SIZE}x{IMAGE_SIZE}, RELAX with "
-          f"{args.n_masks} masks ({args.mask_batch_size} per forward pass), {args.threads} CPU thread(s); mean ± std over seeds\n")
+          f"{args.n_masks} masks ({args.mask_batch_size} per forward pass), {args.threads} CPU thread(s); "
+          "mean ± std over seeds\n")
     print(header)
     print("-" * len(header))
     for name, (_, kind) in methods.items():

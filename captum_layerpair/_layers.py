@@ -7,7 +7,8 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Union
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn

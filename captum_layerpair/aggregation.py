@@ -6,7 +6,8 @@ A layer-pair attribution ``A`` has shape ``[N, K, C, *spatial]`` for a convoluti
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Union
+from typing import Literal, Union
+from collections.abc import Callable
 
 import torch
 

@@ -149,13 +149,15 @@ def test_mismatched_sample_counts_are_rejected(blobs):
     with pytest.raises(ValueError, match="a batch has 20 samples but 10 concept masks"):
         NetworkDissection(PlantedDetectors(), "detect").evaluate([(x[:20], masks[:10])])
     with pytest.raises(ValueError, match="yielded 120 samples but concept_masks has 100"):
-        NetworkDissection(PlantedDetectors(), "detect").evaluate(DataLoader(TensorDataset(x), batch_size=40), masks[:100])
+        loader = DataLoader(TensorDataset(x), batch_size=40)
+        NetworkDissection(PlantedDetectors(), "detect").evaluate(loader, masks[:100])
     oversampled = DataLoader(TensorDataset(x, masks), batch_size=50,
                              sampler=RandomSampler(range(120), replacement=True, num_samples=200))
     with pytest.raises(ValueError, match="yielded 200 samples but 120 were expected"):
         NetworkDissection(PlantedDetectors(), "detect").evaluate(oversampled)
     with pytest.raises(ValueError, match="yielded 80 samples but concept_masks has 120"):
-        NetworkDissection(PlantedDetectors(), "detect").evaluate(DataLoader(TensorDataset(x[:80]), batch_size=40), masks)
+        loader = DataLoader(TensorDataset(x[:80]), batch_size=40)
+        NetworkDissection(PlantedDetectors(), "detect").evaluate(loader, masks)
 
 
 @pytest.mark.parametrize("layer, match", [

@@ -4,7 +4,8 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Union
+from collections.abc import Callable
 
 import captum.attr as captum_attr
 from captum.attr import FeatureAblation, FeaturePermutation, ShapleyValueSampling

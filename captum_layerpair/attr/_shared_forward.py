@@ -12,7 +12,8 @@ per-unit path; an evaluation whose inputs differ from the recorded ones is compu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 

@@ -8,7 +8,8 @@ GuidedBackprop) reach its non-linearities.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -1,7 +1,8 @@
 """``LayerPairAttribution``: attribute every unit of a target layer onto every unit of an earlier source layer."""
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Literal
+from collections.abc import Callable
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples

@@ -1,7 +1,8 @@
 """Layer-pair versions of the common Captum methods: ``LayerPair<Method>(forward_func, source_layer, target_layer)``."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from captum.attr import (DeepLift, FeatureAblation, GradientShap, InputXGradient, IntegratedGradients, Occlusion,
                          Saliency)

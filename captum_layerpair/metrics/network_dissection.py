@@ -69,7 +69,8 @@ class DissectionResult:
     def summary(self, top: int = 5) -> str:
         """A few lines: the number of detectors and the ``top`` units by best IoU."""
         names = self.concept_names or [f"concept {c}" for c in range(self.iou.shape[1])]
-        header = f"{len(self.detectors)} of {self.iou.shape[0]} units are detectors (best IoU >= {self.iou_threshold:g})"
+        header = (f"{len(self.detectors)} of {self.iou.shape[0]} units are detectors "
+                  f"(best IoU >= {self.iou_threshold:g})")
         lines = [header]
         for unit in self.best_iou.argsort(descending=True)[:top].tolist():
             concept, iou = names[int(self.best_concept[unit])], float(self.best_iou[unit])
