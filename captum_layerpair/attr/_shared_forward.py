@@ -21,13 +21,17 @@ __all__ = ["SharedForward", "jacobian_rows"]
 
 
 def jacobian_rows(out: torch.Tensor, inputs: torch.Tensor, create_graph: bool = False,
-                  batched: bool = True) -> torch.Tensor:
+                  batched: bool | None = None) -> torch.Tensor:
     """Rows of the Jacobian of ``out [B, K]`` (samples independent) w.r.t. ``inputs [B, *S]``: ``[K, B, *S]``.
 
-    Row ``k`` is ``d out[:, k].sum() / d inputs``, computed for all ``k`` with one batched vector-Jacobian product
-    (``is_grads_batched``), or with ``K`` backward passes over one graph when ``batched=False`` or when a
-    backward hook cannot be vectorised.
+    Row ``k`` is ``d out[:, k].sum() / d inputs``, computed from one forward graph either with one batched
+    vector-Jacobian product (``is_grads_batched``, vmap) or with ``K`` backward passes over the same graph.
+    ``batched=None`` picks vmap on accelerators and the loop on CPU, where vmap over convolution backward is
+    several times slower (benchmarks/bench_layer_pair.py); a backward hook that vmap cannot batch falls back
+    to the loop.
     """
+    if batched is None:
+        batched = inputs.device.type != "cpu"
     K = out.shape[1]
     eye = torch.eye(K, dtype=out.dtype, device=out.device)
     grad_outputs = eye[:, None, :].expand(K, out.shape[0], K)
@@ -72,7 +76,7 @@ class _Entry:
 class SharedForward:
     """Evaluation cache for one chunk of units; ``record()`` before the first unit's run, ``replay()`` after."""
 
-    def __init__(self, batched_vjp: bool = True) -> None:
+    def __init__(self, batched_vjp: bool | None = None) -> None:
         self.entries: list[_Entry] = []
         self.position = 0
         self.recording = True
