@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from captum.attr import DeepLift
 from captum.attr._utils.attribution import PerturbationAttribution
 from torch import nn
 from tqdm.auto import tqdm
@@ -75,10 +76,14 @@ class AttributionJob:
         return instance
 
 
-def per_unit(job: AttributionJob, units: torch.Tensor, shared: SharedForward | None,
+def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
              progress: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One Captum run per unit of ``units`` (same RNG state for each); shared forwards when ``shared`` is given."""
+    """One Captum run per unit of ``units`` (same RNG state for each), sharing forwards if ``share_forwards``."""
     instance = job.build()
+    shared = None
+    if share_forwards:
+        # DeepLift's backward hooks hold per-forward state that one backward pass consumes: batch all units in it
+        shared = SharedForward(batched_vjp=True if isinstance(instance, DeepLift) else None)
     inputs = job.captum_inputs()
     if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
         inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag

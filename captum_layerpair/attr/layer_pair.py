@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
 from captum_layerpair.attr import _strategies
 from captum_layerpair.attr._methods import NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
-from captum_layerpair.attr._shared_forward import SharedForward
 from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork, TargetReduction, reduce_target
 
 __all__ = ["LayerPairAttribution"]
@@ -246,11 +245,11 @@ class LayerPairAttribution(Attribution):
                 if vectorize == "batched":
                     attr, delta = _strategies.folded(job, chunk, progress)
                 elif vectorize == "loop" or job.method.is_layer_method:
-                    attr, delta = _strategies.per_unit(job, chunk, None, progress)
+                    attr, delta = _strategies.per_unit(job, chunk, False, progress)
                 elif is_native:
                     attr, delta = _strategies.native(job, chunk, progress)
                 else:
-                    attr, delta = _strategies.per_unit(job, chunk, SharedForward(), progress)
+                    attr, delta = _strategies.per_unit(job, chunk, True, progress)
                 attrs.append(attr)
                 deltas.append(delta)
         attr = attrs[0] if len(attrs) == 1 else torch.cat(attrs, 1)
