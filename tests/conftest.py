@@ -18,4 +18,6 @@ def _seed_and_quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
+        warnings.filterwarnings("ignore", message="You are providing multiple inputs for Lime")
         yield

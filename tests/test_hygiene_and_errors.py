@@ -168,3 +168,11 @@ def test_early_stop_can_be_turned_off_for_models_that_swallow_exceptions():
     lp = LayerPairAttribution(model, "a", "b", method=Saliency, stop_at_target=False)
     A = lp.attribute(x, abs=False)
     assert torch.allclose(A, model.b.weight.expand(2, 2, 3))
+
+
+def test_progress_bar_counts_target_units(capsys):
+    model = SmallCNN(channels=(3, 4), embed_dim=3).eval()
+    LayerPairAttribution(model, "conv1", "embed", method=Saliency).attribute(torch.randn(2, 1, 8, 8),
+                                                                             show_progress=True, target_batch_size=2)
+    err = capsys.readouterr().err
+    assert "LayerPair Saliency" in err and "3/3" in err
