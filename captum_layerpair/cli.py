@@ -1,0 +1,197 @@
+"""The ``captum-layerpair`` console script (also ``python -m captum_layerpair``): argument parsing only.
+
+* ``demo --out DIR``: the report on the embedded default (digits and a small conv autoencoder).
+* ``layers --model MODULE:FACTORY [--checkpoint PATH] [--input-shape C,H,W]``: layer names with output shapes.
+* ``report --model MODULE:FACTORY [--checkpoint PATH] --inputs PATH.pt --source NAME [NAME ...] --target NAME
+  --method NAME [--method-kwargs JSON] --out DIR``: the same report on your model and data.
+
+The work lives in ``captum_layerpair.report`` (and ``demo``, ``_user_model``). A user mistake (bad argument,
+unknown layer or method, unreadable file, shape mismatch, bad JSON) prints one line on stderr and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import torch
+
+from captum_layerpair import __version__
+from captum_layerpair._user_model import UserInputError, describe_layers, load_inputs, load_model, one_line
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,16,16 (one sample, without the "
+                                         f"batch dimension); got {text!r}")
+    return shape
+
+
+def _tuples(value: Any) -> Any:
+    """JSON arrays as tuples (Captum wants tuples, e.g. ``sliding_window_shapes``), recursively."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _method_kwargs(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos}): {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"n_steps\": 32}}'; got {text!r}")
+    return _tuples(value)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``captum-layerpair`` and its three commands."""
+    parser = _Parser(prog="captum-layerpair", description="Layer-pair attribution reports for Captum: explain a "
+                     "model's learned representation by its inner layers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,layers,report}",
+                                     parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="report on the embedded default model and data (digits, conv "
+                               "autoencoder); under a minute on a CPU")
+    demo.add_argument("--out", required=True, metavar="DIR", help="directory for the figures, scores.json and "
+                      "report.html (created if missing)")
+    demo.add_argument("--n-inputs", type=_positive, default=64, metavar="N", help="held-out digits to explain "
+                      "(default: 64)")
+    demo.add_argument("--threads", type=_positive, default=1, metavar="T", help="torch CPU threads (default: 1; "
+                      "the demo model is so small that more threads only add overhead)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    demo.set_defaults(run=_run_demo)
+
+    layers = commands.add_parser("layers", help="list a model's layer names with their output shapes")
+    _model_arguments(layers)
+    layers.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="shape of one input sample (without "
+                        "the batch dimension), e.g. 1,16,16; needed for output shapes")
+    layers.set_defaults(run=_run_layers)
+
+    report = commands.add_parser("report", help="the report on your model and inputs")
+    _model_arguments(report)
+    report.add_argument("--inputs", required=True, metavar="PATH.pt", help="a tensor [N, ...] saved with "
+                        "torch.save (or a dict with key 'inputs', or a tuple (inputs, labels))")
+    report.add_argument("--source", required=True, nargs="+", metavar="NAME", help="source layer name(s)")
+    report.add_argument("--target", required=True, metavar="NAME", help="target layer name (e.g. the embedding)")
+    report.add_argument("--method", required=True, metavar="NAME", help="a captum.attr class name, e.g. "
+                        "IntegratedGradients, Saliency, Occlusion, LayerConductance, or paper_expected_gradients")
+    report.add_argument("--method-kwargs", type=_method_kwargs, default={}, metavar="JSON", help="keyword "
+                        "arguments of the attribution as a JSON object, e.g. '{\"n_steps\": 32, "
+                        "\"input_baselines\": 0}'; arrays become tuples")
+    report.add_argument("--target-reduction", choices=("sum", "mean", "none"), default="sum",
+                        help="how each target unit is reduced to a scalar (default: sum)")
+    report.add_argument("--max-inputs", type=_positive, metavar="N", help="use only the first N inputs")
+    report.add_argument("--batch-size", type=_positive, default=64, metavar="B", help="inputs per batch "
+                        "(default: 64)")
+    report.add_argument("--no-scores", action="store_true", help="skip the latent scores and their baselines")
+    report.add_argument("--no-randomization", action="store_true", help="skip the parameter-randomisation check")
+    report.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    report.add_argument("--out", required=True, metavar="DIR", help="directory for the report")
+    report.add_argument("--threads", type=_positive, metavar="T", help="torch CPU threads (default: torch's)")
+    report.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    report.set_defaults(run=_run_report)
+    return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="MODULE:FACTORY", help="module (or .py file) and a "
+                        "function or class in it that builds the model without arguments, e.g. "
+                        "captum_layerpair.demo:default_encoder")
+    parser.add_argument("--checkpoint", metavar="PATH", help="state dict saved with torch.save (loaded with "
+                        "weights_only=True)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from captum_layerpair.demo import run_demo
+
+    torch.set_num_threads(args.threads)
+    report = run_demo(args.out, n_inputs=args.n_inputs, show_progress=not args.no_progress)
+    _print_written(report)
+    return 0
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.checkpoint)
+    sample = None if args.input_shape is None else torch.zeros(1, *args.input_shape)
+    rows = [("layer", "type", "output shape", "parameters")]
+    for info in describe_layers(model, sample):
+        if isinstance(info.output_shape, tuple):
+            shape = "[N, " + ", ".join(map(str, info.output_shape[1:])) + "]"
+        else:
+            shape = info.output_shape or ("not run" if sample is not None else "-")
+        rows.append((info.name, info.kind, shape, str(info.n_parameters)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if sample is None:
+        print("(give --input-shape C,H,W to see output shapes)", file=sys.stderr)
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from captum_layerpair.report import build_report
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.checkpoint)
+    inputs = load_inputs(args.inputs)[:args.max_inputs]
+    report = build_report(
+        model, inputs, sources=args.source, target=args.target, method=args.method,
+        attribute_kwargs=args.method_kwargs, out_dir=args.out, target_reduction=args.target_reduction,
+        scores=not args.no_scores, randomization=not args.no_randomization, batch_size=args.batch_size,
+        model_description=args.model + (f" with {args.checkpoint}" if args.checkpoint else ""),
+        inputs_description=args.inputs, seed=args.seed, show_progress=not args.no_progress,
+    )
+    _print_written(report)
+    return 0
+
+
+def _print_written(report: Any) -> None:
+    print(f"wrote {len(report.figures)} figures, {report.scores_json.name} and {report.html.name} to "
+          f"{report.out_dir}")
+    for pair in report.pairs:
+        scores = "; ".join(f"{name} {summary.mean:.3f} (random model {summary.random_model.mean:.3f}, noise "
+                           f"{summary.null.mean:.3f})" for name, summary in pair.scores.items())
+        print(f"  {pair.label}: K = {pair.n_units} units on {list(pair.source_shape)}" + (f"; {scores}"
+                                                                                          if scores else ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``captum-layerpair`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserInputError as e:
+        print(f"captum-layerpair {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
