@@ -122,6 +122,13 @@ def test_callables_and_dicts_name_the_measures():
 
     assert list(resolve_similarities(["cosine", overlap])) == ["cosine", "overlap"]
     assert list(resolve_similarities({"mine": overlap})) == ["mine"]
+    lp = LayerPairAttribution(encoder_with_head(), "encoder.act1", "encoder.embed", method=Saliency)
+    result = ModelParameterRandomization(lp, similarity=overlap, show_progress=False).evaluate(torch.rand(2, 1, 8, 8))
+    assert torch.equal(result.similarity["overlap"], torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"'pooled' must return one value per sample, shape \[N\] = \[2\]; it "
+                                         r"returned shape \(\)"):
+        ModelParameterRandomization(lp, similarity={"pooled": lambda a, b: 1.0}, show_progress=False).evaluate(
+            torch.rand(2, 1, 8, 8))
 
 
 # ---------------------------------------------------------------- which modules, in which order, where

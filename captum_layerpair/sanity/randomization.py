@@ -85,7 +85,7 @@ class RandomizationResult:
             _, ax = plt.subplots(figsize=(max(4.5, 0.55 * n + 2.5), 3.8))
         steps = torch.arange(n).numpy()
         for name, mean in self.similarity.items():
-            spread = self.per_sample[name].std(1, unbiased=False)
+            spread = self.per_sample[name].std(1, correction=0)
             (line,) = ax.plot(steps, mean.numpy(), marker="o", label=name)
             ax.fill_between(steps, (mean - spread).numpy(), (mean + spread).numpy(), color=line.get_color(),
                             alpha=0.15)
@@ -200,18 +200,19 @@ class ModelParameterRandomization:
         model = _deep_copy(self.layer_pair.forward_func)
         pair = _on_model(self.layer_pair, model)
         schedule = self._schedule(pair, inputs, attribute_kwargs)
-        trained_state = {key: value.clone() for key, value in model.state_dict().items()}
+        trained_state = ({key: value.clone() for key, value in model.state_dict().items()}
+                         if self.order == "independent" else None)
         original = self._attribute(pair, inputs, attribute_kwargs)
         scores: dict[str, list[torch.Tensor]] = {name: [] for name in self.measures}
         kept = []
         for name, module_seed, _ in tqdm(schedule, desc=f"{self.order} randomisation", unit="module",
                                          disable=not self.show_progress):
-            if self.order == "independent":
+            if trained_state is not None:
                 model.load_state_dict(trained_state)
             _reinitialize(model.get_submodule(name), name, module_seed)
             attribution = self._attribute(pair, inputs, attribute_kwargs)
             for measure, fn in self.measures.items():
-                scores[measure].append(torch.as_tensor(fn(original, attribution), dtype=torch.float64))
+                scores[measure].append(_per_sample_values(measure, fn(original, attribution), len(original)))
             if keep_attributions:
                 kept.append(attribution)
         per_sample = {measure: torch.stack(values) for measure, values in scores.items()}
@@ -254,8 +255,16 @@ class ModelParameterRandomization:
         return attribution.detach()
 
 
+def _per_sample_values(measure: str, values: Any, n: int) -> torch.Tensor:
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.shape != (n,):
+        raise ValueError(f"similarity measure {measure!r} must return one value per sample, shape [N] = [{n}]; "
+                         f"it returned shape {tuple(values.shape)}")
+    return values
+
+
 def _own_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False))
+    return next(module.parameters(recurse=False), None) is not None
 
 
 def _parameterised(model: nn.Module) -> list[str]:
