@@ -43,6 +43,16 @@ def test_clean_batches_raise_false_alarms_at_about_the_calibrated_rate():
     assert 0.07 <= sample_flags.float().mean() <= 0.13
 
 
+def test_false_alarm_rate_holds_on_average_over_small_calibration_sets():
+    # 40 held-out samples against batches of 32: the held-out mean's own error must widen the threshold
+    gen = torch.Generator().manual_seed(2)
+    alarms = []
+    for i in range(400):
+        detector = DriftDetector(MeanScore(), false_alarm_rate=0.1, n_bootstrap=500, seed=i).fit([clean(80, gen)])
+        alarms.append(detector.relative_change(clean(32, gen)).drifted)
+    assert 0.06 <= sum(alarms) / len(alarms) <= 0.14
+
+
 def test_a_drop_in_the_score_is_detected_with_a_small_p_value():
     gen = torch.Generator().manual_seed(1)
     detector = DriftDetector(MeanScore(), false_alarm_rate=0.05).fit([clean(500, gen)],
