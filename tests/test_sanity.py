@@ -264,6 +264,12 @@ def test_a_step_that_leaves_the_parameters_unchanged_warns():
             torch.rand(2, 1, 4, 4))
 
 
+def test_progress_bar_counts_the_randomised_modules(capsys):
+    mpr(encoder_with_head(), Saliency, similarity="cosine", show_progress=True).evaluate(torch.rand(2, 1, 8, 8))
+    err = capsys.readouterr().err
+    assert "cascading randomisation: 100%" in err and "5/5" in err
+
+
 def test_int_target_gives_one_unit():
     model = encoder_with_head()
     result = mpr(model, Saliency, similarity=("spearman_abs", "ssim")).evaluate(torch.rand(3, 1, 8, 8), target=1)
