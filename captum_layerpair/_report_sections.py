@@ -3,7 +3,7 @@ their baselines, and the parameter-randomisation check."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.metrics import DisentanglementScore, InformativenessScore, ScoreSummary
 from captum_layerpair.sanity import ModelParameterRandomization, RandomizationResult
 
-__all__ = ["PairResult", "user_errors", "attribute_pair", "score_pair", "randomize_pair"]
+__all__ = ["PairResult", "user_errors", "checked_layer_pair", "attribute_pair", "score_pair", "randomize_pair"]
 
 
 @dataclass
@@ -60,32 +60,34 @@ def user_errors(context: str) -> Iterator[None]:
         raise UserInputError(f"{context}: {one_line(e)}") from e
 
 
-def attribute_pair(
-    model: nn.Module, batches: list[torch.Tensor], source: str, target: str, method: MethodSpec,
-    attribute_kwargs: dict[str, Any], target_reduction: TargetReduction, n_maps: int,
-) -> tuple[LayerPairAttribution, PairResult]:
-    """Layer-pair attributions of every batch, reduced to the K x C matrix and the first ``n_maps`` unit maps.
-
-    Errors from building the layer pair or from the first batch (unknown layer or method, source not before
-    target, a keyword the method does not take) are the user's and come back as ``UserInputError``.
-    """
-    with user_errors(f"cannot set up {method if isinstance(method, str) else 'the method'} from {source!r} to "
-                     f"{target!r}"):
+def checked_layer_pair(model: nn.Module, source: str, target: str, method: MethodSpec,
+                       target_reduction: TargetReduction, sample: torch.Tensor,
+                       attribute_kwargs: dict[str, Any]) -> LayerPairAttribution:
+    """The layer pair, tried on ``sample`` (one input): an unknown layer or method, a source that does not run
+    before the target, or a keyword the method does not take comes back as a ``UserInputError``."""
+    name = method if isinstance(method, str) else getattr(method, "__name__", "the method")
+    with user_errors(f"cannot set up {name} from {source!r} to {target!r}"):
         lp = LayerPairAttribution(model, source, target, method, target_reduction)
+    with user_errors(f"{lp.method.name} from {source!r} to {target!r} failed"):
+        lp.attribute(sample, **attribute_kwargs)
+    return lp
+
+
+def attribute_pair(lp: LayerPairAttribution, batches: list[torch.Tensor], attribute_kwargs: dict[str, Any],
+                   n_maps: int) -> PairResult:
+    """Layer-pair attributions of every batch, reduced to the K x C matrix and the first ``n_maps`` unit maps."""
     total, maps, n_seen = None, [], 0
-    for i, batch in enumerate(batches):
-        check = user_errors(f"{lp.method.name} from {source!r} to {target!r} failed") if i == 0 else nullcontext()
-        with check:
-            A = lp.attribute(batch, **attribute_kwargs).detach()
+    for batch in batches:
+        A = lp.attribute(batch, **attribute_kwargs).detach()
         matrix = aggregate(A, "abs", over="space").sum(0)
         total = matrix if total is None else total + matrix
         n_seen += len(batch)
         have = sum(len(m) for m in maps)
         if A.dim() == 5 and have < n_maps:
             maps.append(aggregate(A[:n_maps - have], "abs", over="channels"))
-    result = PairResult(source=source, target=target, method=lp.method.name, source_shape=tuple(A.shape[2:]),
-                        n_units=A.shape[1], matrix=total / n_seen, maps=torch.cat(maps) if maps else None)
-    return lp, result
+    return PairResult(source=lp.source[0], target=lp.target[0], method=lp.method.name,
+                      source_shape=tuple(A.shape[2:]), n_units=A.shape[1], matrix=total / n_seen,
+                      maps=torch.cat(maps) if maps else None)
 
 
 def score_pair(lp: LayerPairAttribution, batches: list[torch.Tensor], attribute_kwargs: dict[str, Any],
@@ -97,9 +99,10 @@ def score_pair(lp: LayerPairAttribution, batches: list[torch.Tensor], attribute_
 
 
 def randomize_pair(lp: LayerPairAttribution, inputs: torch.Tensor, attribute_kwargs: dict[str, Any],
-                   spatial: bool, seed: int, show_progress: bool) -> RandomizationResult:
-    """Cascading model-parameter randomisation (SPEC section 5): similarity to the original attribution."""
-    similarity = ("spearman_abs", "ssim") if spatial else ("spearman_abs", "cosine")
+                   with_ssim: bool, seed: int, show_progress: bool) -> RandomizationResult:
+    """Cascading model-parameter randomisation (SPEC section 5): similarity to the original attribution, with
+    SSIM of the unit maps where they are 2-D and at least 3 wide, else cosine similarity."""
+    similarity = ("spearman_abs", "ssim") if with_ssim else ("spearman_abs", "cosine")
     check = ModelParameterRandomization(lp, order="cascading", similarity=similarity, seed=seed,
                                         show_progress=show_progress)
     return check.evaluate(inputs, **attribute_kwargs)

@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in text.split(","))
     except ValueError:
         shape = ()
     if not shape or any(n < 1 for n in shape):

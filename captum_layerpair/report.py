@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from captum_layerpair import __version__
 from captum_layerpair._report_html import Section, Table, render_page
-from captum_layerpair._report_sections import PairResult, attribute_pair, randomize_pair, score_pair
+from captum_layerpair._report_sections import (PairResult, attribute_pair, checked_layer_pair, randomize_pair,
+                                               score_pair)
 from captum_layerpair._user_model import UserInputError, check_forward
 from captum_layerpair.attr._methods import MethodSpec
 from captum_layerpair.attr._subnetwork import TargetReduction
@@ -119,19 +120,24 @@ def build_report(
     inputs = _check_inputs(model, inputs)
     if not sources:
         raise UserInputError("give at least one source layer")
-    out_dir = _make_dir(out_dir)
     kwargs = dict(attribute_kwargs or {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer_pairs = [checked_layer_pair(model, source, target, method, target_reduction, inputs[:1], kwargs)
+                       for source in sources]
+    out_dir = _make_dir(out_dir)
     batches = list(inputs.split(batch_size))
     pairs: list[PairResult] = []
     with torch.random.fork_rng(devices=[]):
-        for source in tqdm(sources, desc="layer pairs", unit="pair", disable=not show_progress):
+        for lp in tqdm(layer_pairs, desc="layer pairs", unit="pair", disable=not show_progress):
             torch.manual_seed(seed)
-            lp, pair = attribute_pair(model, batches, source, target, method, kwargs, target_reduction, n_map_samples)
+            pair = attribute_pair(lp, batches, kwargs, n_map_samples)
             if scores:
                 pair.scores = score_pair(lp, batches, kwargs, seed, show_progress)
             if randomization:
+                maps_wide_enough = pair.maps is not None and min(pair.maps.shape[-2:]) >= 3  # for SSIM
                 pair.randomization = randomize_pair(lp, inputs[:n_randomization_samples], kwargs,
-                                                    pair.maps is not None, seed, show_progress)
+                                                    maps_wide_enough, seed, show_progress)
             _pair_figures(pair, inputs[:n_map_samples], out_dir)
             pairs.append(pair)
     score_figures = _score_figures(pairs, out_dir) if scores else {}
