@@ -89,8 +89,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``a, b: [N, K, C, *spatial]`` with one or two spatial dimensions, each at least 3 long; returns ``[N]``
     (float64). The window is 7 (the scikit-image default) or the largest odd size that fits the maps.
     """
-    from skimage.metrics import structural_similarity
-
+    try:
+        from skimage.metrics import structural_similarity
+    except ImportError as error:
+        raise ImportError("the 'ssim' similarity measure needs scikit-image: pip install scikit-image") from error
     _check_pair(a, b)
     if a.dim() < 4:
         raise ValueError(f"ssim compares spatial maps, so it needs attributions [N, K, C, *spatial] from a source "
