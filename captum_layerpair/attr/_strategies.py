@@ -18,7 +18,7 @@ import torch
 from captum.attr import DeepLift
 from captum.attr._utils.attribution import PerturbationAttribution
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_layerpair.attr._methods import DISTRIBUTION_BASELINES, ResolvedMethod
 from captum_layerpair.attr._shared_forward import SharedForward

@@ -8,7 +8,7 @@ import torch
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from captum.attr._utils.attribution import Attribution
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
 from captum_layerpair.attr import _strategies

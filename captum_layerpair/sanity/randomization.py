@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
