@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_layerpair import __version__
 from captum_layerpair._report_html import Section, Table, render_page
