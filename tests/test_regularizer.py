@@ -136,6 +136,10 @@ def test_regularizer_errors():
         LatentScoreRegularizer(model, "conv2", "embed", method="saliency")
     with pytest.raises(ValueError, match="takes no method_kwargs \\['n_samples'\\]"):
         LatentScoreRegularizer(model, "conv2", "embed", method_kwargs={"n_samples": 3})
+    with pytest.raises(ValueError, match="unknown transform 'log'"):
+        LatentScoreRegularizer(model, "conv2", "embed", transform="log")
+    with pytest.raises(ValueError, match="unknown combine 'max'"):
+        LatentScoreRegularizer(model, "conv2", "embed", combine="max")
     with pytest.raises(ValueError, match="every_n_steps must be a positive int"):
         LatentScoreRegularizer(model, "conv2", "embed", every_n_steps=0)
     with pytest.raises(ValueError, match="Did you mean: conv2"):

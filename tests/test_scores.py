@@ -245,6 +245,8 @@ def test_metric_class_errors(layer_pair):
         InformativenessScore(layer_pair, n_noise=0)
     with pytest.raises(ValueError, match="unknown noise 'salt'"):
         InformativenessScore(layer_pair, noise="salt")
+    with pytest.raises(ValueError, match="unknown transform 'log'"):
+        DisentanglementScore(layer_pair, transform="log")
     with pytest.raises(ValueError, match=r"input's shape \(2, 1, 8, 8\); it returned \(1, 1, 8, 8\)"):
         InformativenessScore(layer_pair, noise=lambda x: x[:1]).score(torch.rand(2, 1, 8, 8))
     with pytest.raises(TypeError, match="first item is the input tensor"):

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from captum_layerpair.aggregation import NORMALIZATIONS, Transform, aggregate, apply_transform
+from captum_layerpair.aggregation import NORMALIZATIONS, TRANSFORMS, Transform, aggregate, apply_transform
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.metrics.summary import ScoreAccumulator, ScoreSummary
 
-__all__ = ["Noise", "check_attributions", "check_normalization", "unit_maps", "make_noise", "randomized_copy",
-           "batch_inputs", "LatentScore"]
+__all__ = ["Noise", "check_attributions", "check_normalization", "check_options", "unit_maps", "make_noise",
+           "randomized_copy", "batch_inputs", "LatentScore"]
 
 Noise = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 NOISES = ("uniform", "gaussian")
@@ -39,6 +39,15 @@ def check_attributions(A: Any, name: str = "A") -> torch.Tensor:
 def check_normalization(normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; allowed: {list(NORMALIZATIONS)}")
+
+
+def check_options(transform: Transform, normalization: str, noise: Noise) -> None:
+    """Reject unknown transform, normalization and noise names early (at construction)."""
+    if not callable(transform) and transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; allowed: {sorted(TRANSFORMS)} or a callable")
+    check_normalization(normalization)
+    if not callable(noise) and noise not in NOISES:
+        raise ValueError(f"unknown noise {noise!r}; allowed: {list(NOISES)} or a callable inputs -> noise batch")
 
 
 def unit_maps(A: torch.Tensor, transform: Transform = "abs") -> torch.Tensor:
@@ -117,9 +126,7 @@ class LatentScore:
                  noise: Noise) -> None:
         if not isinstance(layer_pair, LayerPairAttribution):
             raise TypeError(f"layer_pair must be a LayerPairAttribution, got {type(layer_pair).__name__}")
-        check_normalization(normalization)
-        if not callable(noise) and noise not in NOISES:
-            raise ValueError(f"unknown noise {noise!r}; allowed: {list(NOISES)} or a callable inputs -> noise batch")
+        check_options(transform, normalization, noise)
         self.layer_pair = layer_pair
         self.transform = transform
         self.normalization = normalization

@@ -18,9 +18,9 @@ from captum_layerpair._layers import LayerSpec, resolve_layer, run_model
 from captum_layerpair.aggregation import Transform
 from captum_layerpair.attr._shared_forward import jacobian_rows
 from captum_layerpair.attr._subnetwork import TargetReduction, reduce_target
-from captum_layerpair.metrics._latent import Noise, check_normalization, make_noise
+from captum_layerpair.metrics._latent import Noise, check_options, make_noise
 from captum_layerpair.metrics.disentanglement import disentanglement_score
-from captum_layerpair.metrics.informativeness import Combine, informativeness_score
+from captum_layerpair.metrics.informativeness import COMBINES, Combine, informativeness_score
 
 __all__ = ["LatentScoreRegularizer"]
 
@@ -121,7 +121,9 @@ class LatentScoreRegularizer:
             raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
         if isinstance(n_noise, bool) or not isinstance(n_noise, int) or n_noise < 1:
             raise ValueError(f"n_noise must be a positive int, got {n_noise!r}")
-        check_normalization(normalization)
+        check_options(transform, normalization, noise)
+        if combine not in COMBINES:
+            raise ValueError(f"unknown combine {combine!r}; allowed: {list(COMBINES)}")
         self.model = model
         self.source = resolve_layer(model, source_layer, "source")
         self.target = resolve_layer(model, target_layer, "target")
