@@ -14,12 +14,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
 from captum_layerpair import __version__
 from captum_layerpair._user_model import UserInputError, describe_layers, load_inputs, load_model, one_line
+
+if TYPE_CHECKING:  # the report's imports (metrics, sanity, matplotlib) load only for the commands that need them
+    from captum_layerpair.report import Report
 
 __all__ = ["main", "build_parser"]
 
@@ -177,7 +180,7 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_written(report: Any) -> None:
+def _print_written(report: Report) -> None:
     print(f"wrote {len(report.figures)} figures, {report.scores_json.name} and {report.html.name} to "
           f"{report.out_dir}")
     for pair in report.pairs:

@@ -120,6 +120,8 @@ def build_report(
     inputs = _check_inputs(model, inputs)
     if not sources:
         raise UserInputError("give at least one source layer")
+    if batch_size < 1:
+        raise UserInputError(f"batch_size must be a positive number of inputs, got {batch_size}")
     kwargs = dict(attribute_kwargs or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -135,16 +137,17 @@ def build_report(
             if scores:
                 pair.scores = score_pair(lp, batches, kwargs, seed, show_progress)
             if randomization:
-                maps_wide_enough = pair.maps is not None and min(pair.maps.shape[-2:]) >= 3  # for SSIM
-                pair.randomization = randomize_pair(lp, inputs[:n_randomization_samples], kwargs,
-                                                    maps_wide_enough, seed, show_progress)
+                spatial = pair.source_shape[1:]
+                with_ssim = len(spatial) == 2 and min(spatial) >= 3  # SSIM needs 2-D maps at least 3 wide
+                pair.randomization = randomize_pair(lp, inputs[:n_randomization_samples], kwargs, with_ssim,
+                                                    seed, show_progress)
             _pair_figures(pair, inputs[:n_map_samples], out_dir)
             pairs.append(pair)
     score_figures = _score_figures(pairs, out_dir) if scores else {}
     summary = _summary(pairs, score_figures, kwargs, target_reduction, inputs, model, model_description,
                        inputs_description)
     scores_json = out_dir / "scores.json"
-    scores_json.write_text(json.dumps(summary, indent=1) + "\n")
+    scores_json.write_text(json.dumps(summary, indent=1, default=repr) + "\n")  # repr: e.g. a callable kwarg
     html = out_dir / "report.html"
     html.write_text(render_page(title, _sections(pairs, score_figures, out_dir), _intro(summary)), encoding="utf-8")
     figures = [out_dir / name for pair in pairs for name in pair.figures.values()]
