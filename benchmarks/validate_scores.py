@@ -132,8 +132,8 @@ def informativeness_checks(encoders: dict[int, ConvEncoder], n_eval: int, lambda
           f"{'REPRODUCED' if wins == len(seeds) else 'NOT REPRODUCED'} ({wins} of {len(seeds)} seeds; "
           f"trained - random = {mean_std(np.subtract(trained, random))})")
     print(f"Caveat: noise vs. noise already scores {100 * np.mean(null) / np.mean(trained):.0f}% of the trained "
-          f"encoder's I (trained - null = {mean_std(np.subtract(trained, null))}): most of the score is input "
-          "structure, not what the encoder learned.")
+          f"encoder's I (trained - null = {mean_std(np.subtract(trained, null))}): most of I is the difference "
+          "between the maps of any two inputs, not a data-vs-noise difference specific to what the encoder learned.")
     print("\n3. Informativeness under input drift x = (1 - lambda) x + lambda * uniform noise")
     print(f"{'lambda':>6} | {'I':>17} | {'(I_0 - I) / I_0':>17}")
     for lam in lambdas:
