@@ -7,7 +7,7 @@ from typing import Any, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_layerpair.aggregation import NORMALIZATIONS, TRANSFORMS, Transform, aggregate, apply_transform
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
