@@ -172,7 +172,11 @@ def run_model(
 
 @contextmanager
 def model_state_preserved(model: Any) -> Iterator[None]:
-    """Restore train/eval flags, ``requires_grad`` flags and buffers (e.g. BatchNorm statistics) on exit."""
+    """Restore train/eval flags, ``requires_grad`` flags and buffers (e.g. BatchNorm statistics) on exit.
+
+    Buffers are written through ``.data``, which leaves their autograd version counters alone, so a graph built
+    inside the context (train-mode BatchNorm saves its statistics for backward) can be back-propagated after it.
+    """
     if not isinstance(model, nn.Module):
         yield
         return
@@ -186,7 +190,6 @@ def model_state_preserved(model: Any) -> Iterator[None]:
             module.training = mode
         for param, flag in flags:
             param.requires_grad_(flag)
-        with torch.no_grad():
-            for buf, saved in buffers:
-                if not torch.equal(buf, saved):
-                    buf.copy_(saved)
+        for buf, saved in buffers:
+            if not torch.equal(buf, saved):
+                buf.data.copy_(saved)

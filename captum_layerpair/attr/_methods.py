@@ -8,17 +8,22 @@ from typing import Union
 from collections.abc import Callable
 
 import captum.attr as captum_attr
-from captum.attr import FeatureAblation, FeaturePermutation, ShapleyValueSampling
+from captum.attr import DeepLift, FeatureAblation, FeaturePermutation, ShapleyValueSampling
+from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
 from captum.attr._utils.attribution import Attribution, LayerAttribution
 from torch import nn
 
-__all__ = ["MethodSpec", "resolve_method", "NATIVE_MULTI_OUTPUT", "BUILTIN_METHODS", "DISTRIBUTION_BASELINES"]
+__all__ = ["MethodSpec", "resolve_method", "NATIVE_MULTI_OUTPUT", "MODULE_HOOKING", "BUILTIN_METHODS",
+           "DISTRIBUTION_BASELINES"]
 
 MethodSpec = Union[str, type, Callable[..., Attribution]]
 
 # Captum's perturbation methods that accept a forward returning [N, K] with target=None and give every output
 # its attribution from the same perturbed forwards (Occlusion and ShapleyValues are subclasses).
 NATIVE_MULTI_OUTPUT = (FeatureAblation, FeaturePermutation, ShapleyValueSampling)
+
+# Methods that hook the model's own modules (and the tensors flowing through them, also before the source).
+MODULE_HOOKING = (DeepLift, ModifiedReluGradientAttribution)
 
 # Methods whose ``baselines`` are a distribution to sample from, not one baseline per example.
 DISTRIBUTION_BASELINES = ("GradientShap", "DeepLiftShap", "LayerGradientShap", "LayerDeepLiftShap")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
 from captum_layerpair.attr import _strategies
-from captum_layerpair.attr._methods import NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
+from captum_layerpair.attr._methods import MODULE_HOOKING, NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
 from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork, TargetReduction, reduce_target
 
 __all__ = ["LayerPairAttribution"]
@@ -236,7 +236,14 @@ class LayerPairAttribution(Attribution):
         if target_batch_size is not None and target_batch_size < 1:
             raise ValueError(f"target_batch_size must be a positive int or None, got {target_batch_size}")
         size = target_batch_size or len(units)
-        is_native = not job.method.is_layer_method and isinstance(job.build(), NATIVE_MULTI_OUTPUT)
+        instance = None if job.method.is_layer_method else job.build()
+        is_native = isinstance(instance, NATIVE_MULTI_OUTPUT)
+        if instance is not None and not isinstance(instance, MODULE_HOOKING) and isinstance(self.forward_func,
+                                                                                            nn.Module):
+            # Plain methods differentiate w.r.t. our own copy of the source value only: without a graph for the
+            # parameters every backward pass is cheaper. The flags come back with the model state.
+            for param in self.forward_func.parameters():
+                param.requires_grad_(False)
         attrs, deltas = [], []
         with tqdm(total=len(units), desc=f"LayerPair {job.method.name}", unit="unit",
                   disable=not show_progress) as progress:

@@ -7,14 +7,12 @@ differentiable w.r.t. the model's parameters, and back-propagating the loss term
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from captum_layerpair._layers import LayerSpec, resolve_layer, run_model
+from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
 from captum_layerpair.aggregation import Transform
 from captum_layerpair.attr._shared_forward import jacobian_rows
 from captum_layerpair.attr._subnetwork import TargetReduction, reduce_target
@@ -25,23 +23,6 @@ from captum_layerpair.metrics.informativeness import COMBINES, Combine, informat
 __all__ = ["LatentScoreRegularizer"]
 
 METHODS = ("gradient_x_activation", "paper_expected_gradients")
-
-
-@contextmanager
-def _buffers_kept(model: nn.Module) -> Iterator[None]:
-    """Restore buffers (BatchNorm running statistics) changed by the term's forward passes.
-
-    The values are written through ``.data``, which leaves the buffers' autograd version counters alone: the
-    term's graph is used after this context (train-mode BatchNorm saves its running statistics for backward,
-    without using them), and a counted in-place write would make its backward fail.
-    """
-    saved = [(buf, buf.detach().clone()) for buf in model.buffers()]
-    try:
-        yield
-    finally:
-        for buf, value in saved:
-            if not torch.equal(buf, value):
-                buf.data.copy_(value)
 
 
 class LatentScoreRegularizer:
@@ -151,7 +132,7 @@ class LatentScoreRegularizer:
         self.calls += 1
         if (self.calls - 1) % self.every_n_steps:
             return inputs.new_zeros(())
-        with _buffers_kept(self.model):
+        with model_state_preserved(self.model):
             A = self._attribution(inputs)  # [N, K, *S]
             term = inputs.new_zeros(inputs.shape[0])
             self.last_scores = {}
