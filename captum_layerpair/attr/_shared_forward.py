@@ -42,12 +42,18 @@ def jacobian_rows(out: torch.Tensor, inputs: torch.Tensor, create_graph: bool = 
             return torch.zeros(K, *inputs.shape, dtype=inputs.dtype, device=inputs.device) if rows is None else rows
         except RuntimeError:
             pass  # e.g. a backward hook that vmap cannot batch: fall back to one backward pass per unit
-    rows = []
+    if create_graph:
+        return torch.stack([_row(out, inputs, grad_outputs[k], True) for k in range(K)])
+    rows = inputs.new_empty(K, *inputs.shape)  # filled in place: no list of rows plus a stacked copy
     for k in range(K):
-        (row,) = torch.autograd.grad(out, inputs, grad_outputs=grad_outputs[k], create_graph=create_graph,
-                                     allow_unused=True, retain_graph=True)
-        rows.append(torch.zeros_like(inputs) if row is None else row)
-    return torch.stack(rows)
+        rows[k] = _row(out, inputs, grad_outputs[k], False)
+    return rows
+
+
+def _row(out: torch.Tensor, inputs: torch.Tensor, grad_output: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    (row,) = torch.autograd.grad(out, inputs, grad_outputs=grad_output, create_graph=create_graph,
+                                 allow_unused=True, retain_graph=True)
+    return torch.zeros_like(inputs) if row is None else row
 
 
 class _Replay(torch.autograd.Function):

@@ -87,7 +87,8 @@ def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
     inputs = job.captum_inputs()
     if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
         inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag
-    attrs, deltas = [], []
+    attrs: torch.Tensor | None = None  # [N, k, *S], filled unit by unit
+    deltas = []
     if shared is not None:
         job.function.units, job.function.shared = units, shared
     try:
@@ -97,13 +98,15 @@ def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
                 shared.record() if i == 0 else shared.replay()
             target = i if shared is not None else unit
             attr, delta = job.call(instance, inputs, target, job.forward_args, job.kwargs)
-            attrs.append(attr.detach())
+            if attrs is None:
+                attrs = attr.new_empty(attr.shape[0], len(units), *attr.shape[1:])
+            attrs[:, i] = attr.detach()
             deltas.append(delta)
             if progress is not None:
                 progress.update(1)
     finally:
         job.function.units, job.function.shared = None, None
-    return torch.stack(attrs, 1), _stack_deltas(deltas, job.n)
+    return attrs, _stack_deltas(deltas, job.n)
 
 
 def native(job: AttributionJob, units: torch.Tensor,
