@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import resource
 import subprocess
+import statistics
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from captum.attr import (FeatureAblation, InputXGradient, IntegratedGradients, LayerFeatureAblation,
@@ -115,13 +117,17 @@ def ig_bound(model, x, units: list[int], vmap: bool) -> torch.Tensor:
     return (total * (a - b)).transpose(0, 1)
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    times, result = [], None
+def interleaved(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> tuple[dict[str, float], dict]:
+    """Median time of each function, the functions taking turns within every repeat, so that the machine's
+    drifting speed (a shared VM here) hits all of them alike. Returns the medians and the last results."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], result
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -154,7 +160,7 @@ def memory_probe(target_batch_size: int | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="K = 8 and one repeat (smoke run)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,27 +173,33 @@ def main() -> None:
     source_shape = tuple(ours(model, x, mask, "IxG", [0]).shape[2:])
     print(f"W1: SmallResNet 16->32 channels, x {tuple(x.shape)}, source {SOURCE} {source_shape}, "
           f"target {TARGET} (K = {len(units)}, sum); torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"median of {repeats}")
+          f"median of {repeats} interleaved repeats")
     print(f"\n{'method':34s} {'B0 s':>8s} {'ours s':>8s} {'B0/ours':>8s} {'max rel diff':>13s}")
     for method, label in [("IG", "IntegratedGradients n_steps=16"), ("IxG", "InputXGradient"),
                           ("FA", "FeatureAblation 4x4 windows")]:
-        t_b0, ref = timed(lambda m=method: b0(model, x, mask, m, units), 1 if method == "FA" else repeats)
-        t_ours, res = timed(lambda m=method: ours(model, x, mask, m, units), repeats)
-        print(f"{label:34s} {t_b0:8.3f} {t_ours:8.3f} {t_b0 / t_ours:7.1f}x {rel_err(res, ref):13.1e}")
-        if method == "IG":
-            t_ig_ours = t_ours
-    print("\nIG hand-written bound: 1 forward over all 16 steps + the K Jacobian rows from that one graph")
-    for vmap in (True, False):
-        t_bound, bound = timed(lambda v=vmap: ig_bound(model, x, units, v), repeats)
-        label = "batched VJP (is_grads_batched)" if vmap else "loop of K backward passes"
-        print(f"  {label:32s} {t_bound:7.3f} s   ours/bound = {t_ig_ours / t_bound:5.2f} (target <= 1.3)   "
-              f"max rel diff {rel_err(ours(model, x, mask, 'IG', units), bound):.1e}")
+        t, res = interleaved({"B0": lambda m=method: b0(model, x, mask, m, units),
+                              "ours": lambda m=method: ours(model, x, mask, m, units)}, repeats)
+        print(f"{label:34s} {t['B0']:8.3f} {t['ours']:8.3f} {t['B0'] / t['ours']:7.1f}x "
+              f"{rel_err(res['ours'], res['B0']):13.1e}")
+
+    print("\nIG against a hand-written bound: 1 forward over all 16 steps + the K Jacobian rows from that one graph")
+    t, res = interleaved({"ours": lambda: ours(model, x, mask, "IG", units),
+                          "vmap": lambda: ig_bound(model, x, units, True),
+                          "loop": lambda: ig_bound(model, x, units, False)}, repeats)
+    for key, label in [("vmap", "batched VJP (is_grads_batched)"), ("loop", "loop of K backward passes")]:
+        print(f"  {label:32s} {t[key]:7.3f} s   ours {t['ours']:.3f} s   ours/bound = {t['ours'] / t[key]:5.2f} "
+              f"(target <= 1.3)   max rel diff {rel_err(res['ours'], res[key]):.1e}")
 
     print(f"\nscaling with K (IntegratedGradients n_steps=16):\n{'K':>4s} {'B0 s':>8s} {'ours s':>8s} {'B0/ours':>8s}")
+    previous = None
     for K in [4, 8, 16, 32] if not args.quick else [4, 8]:
-        t_b0, _ = timed(lambda K=K: b0(model, x, mask, "IG", list(range(K))), repeats)
-        t_ours, _ = timed(lambda K=K: ours(model, x, mask, "IG", list(range(K))), repeats)
-        print(f"{K:4d} {t_b0:8.3f} {t_ours:8.3f} {t_b0 / t_ours:7.1f}x")
+        t, _ = interleaved({"B0": lambda K=K: b0(model, x, mask, "IG", list(range(K))),
+                            "ours": lambda K=K: ours(model, x, mask, "IG", list(range(K)))}, repeats)
+        print(f"{K:4d} {t['B0']:8.3f} {t['ours']:8.3f} {t['B0'] / t['ours']:7.1f}x")
+        first, previous = previous or (K, t), (K, t)
+    (k0, t0), (k1, t1) = first, previous
+    print(f"  seconds per extra target unit: B0 {(t1['B0'] - t0['B0']) / (k1 - k0):.4f}, "
+          f"ours {(t1['ours'] - t0['ours']) / (k1 - k0):.4f}")
 
     print("\npeak memory of one IG call for K = 32 (extra resident MiB, fresh process each):")
     for tbs in ["none", "8", "1"]:
