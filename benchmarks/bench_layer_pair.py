@@ -81,7 +81,18 @@ def ours(model, x, mask, method: str, units: list[int], target_batch_size: int |
 
 def ig_bound(model, x, units: list[int], vmap: bool) -> torch.Tensor:
     """Hand-written IG: one forward over all 16 steps, one batched VJP for all units (vmap, or a loop of
-    backward passes over the same graph)."""
+    backward passes over the same graph); parameters frozen during the call, so no graph is built for them."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        return _ig_bound(model, x, units, vmap)
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _ig_bound(model, x, units: list[int], vmap: bool) -> torch.Tensor:
     source, target = model.get_submodule(SOURCE), model.get_submodule(TARGET)
     store = {}
 
