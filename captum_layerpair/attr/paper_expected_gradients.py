@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from captum_layerpair._layers import run_model
 from captum_layerpair.attr._shared_forward import jacobian_rows
-from captum_layerpair.attr._subnetwork import reduce_target
+from captum_layerpair.attr._subnetwork import TargetReduction, reduce_target
 
 if TYPE_CHECKING:
     from captum_layerpair.attr.layer_pair import LayerPairAttribution
@@ -45,33 +46,43 @@ def paper_expected_gradients(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     x = inputs[0]
-    b = baselines if isinstance(baselines, torch.Tensor) else torch.full_like(x, float(baselines))
     size = target_batch_size or len(units)
     total: torch.Tensor | None = None
     for _ in range(n_samples):
-        t = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), dtype=x.dtype, device=x.device)
-        x_tilde = t * (x + stdev * torch.randn_like(x)) + (1 - t) * b
-        draws = []
-        for start in range(0, len(units), size):
-            draws.append(_gradient_x_value(lp, x_tilde, additional_forward_args, units[start:start + size],
-                                           attribute_to_source_input))
-        draw = torch.cat(draws, 1)
+        x_tilde = interpolated_input(x, stdev, baselines)
+        draw = torch.cat([gradient_x_value(lp.forward_func, lp.source, lp.target, lp.target_reduction,
+                                           (x_tilde, *additional_forward_args), units[start:start + size],
+                                           attribute_to_source_input, lp.stop_at_target)
+                          for start in range(0, len(units), size)], 1)
         total = draw if total is None else total + draw
     return total / n_samples
 
 
-def _gradient_x_value(lp: LayerPairAttribution, x: torch.Tensor, args: tuple[Any, ...], units: torch.Tensor,
-                      to_source_input: bool) -> torch.Tensor:
-    """``d f_k / d a(x) * a(x)`` for ``units``: ``[N, k, *source_shape]``."""
-    leaves: list[torch.Tensor] = []
+def interpolated_input(x: torch.Tensor, stdev: float, baselines: torch.Tensor | float) -> torch.Tensor:
+    """One draw ``t (x + eps) + (1 - t) b`` with ``t ~ U(0, 1)`` per sample and ``eps ~ N(0, stdev^2)``."""
+    t = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), dtype=x.dtype, device=x.device)
+    return t * (x + stdev * torch.randn_like(x)) + (1 - t) * baselines
 
-    def as_leaf(value: torch.Tensor) -> torch.Tensor:
-        leaves.append(value.detach().requires_grad_())
-        return leaves[-1]
+
+def gradient_x_value(model: Any, source: tuple[str, nn.Module], target: tuple[str, nn.Module],
+                     reduction: TargetReduction, inputs: tuple[Any, ...], units: torch.Tensor | None,
+                     to_source_input: bool, stop_at_target: bool = True, create_graph: bool = False) -> torch.Tensor:
+    """``d f_k / d a(x) * a(x)`` for ``units`` (all when ``None``): ``[N, k, *source_shape]``.
+
+    With ``create_graph=True`` the result stays differentiable w.r.t. the model's parameters (the source value keeps
+    its graph, and the Jacobian rows are built with ``create_graph``), for training constraints.
+    """
+    values: list[torch.Tensor] = []
+
+    def track(value: torch.Tensor) -> torch.Tensor:
+        keep = create_graph and value.requires_grad  # run_model passes a clone on: in-place ops leave it intact
+        values.append(value if keep else value.detach().requires_grad_())
+        return values[-1]
 
     with torch.enable_grad():
-        record = run_model(lp.forward_func, (x, *args), lp.source, lp.target, replacement=as_leaf,
-                           to_source_input=to_source_input, stop_at_target=lp.stop_at_target)
-        out = reduce_target(record.target_output, lp.target_reduction)[:, units]
-        rows = jacobian_rows(out, leaves[0])  # [k, N, *S]
-    return (rows * leaves[0].detach()).transpose(0, 1)
+        record = run_model(model, inputs, source, target, replacement=track, to_source_input=to_source_input,
+                           stop_at_target=stop_at_target)
+        out = reduce_target(record.target_output, reduction)
+        rows = jacobian_rows(out if units is None else out[:, units], values[0], create_graph=create_graph)
+    value = values[0] if create_graph else values[0].detach()
+    return (rows * value).transpose(0, 1)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
+from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer
 from captum_layerpair.aggregation import Transform
-from captum_layerpair.attr._shared_forward import jacobian_rows
-from captum_layerpair.attr._subnetwork import TargetReduction, reduce_target
+from captum_layerpair.attr.paper_expected_gradients import gradient_x_value, interpolated_input
+from captum_layerpair.attr._subnetwork import TargetReduction
 from captum_layerpair.metrics._latent import Noise, check_options, make_noise
 from captum_layerpair.metrics.disentanglement import disentanglement_score
 from captum_layerpair.metrics.informativeness import COMBINES, Combine, informativeness_score
@@ -155,22 +155,9 @@ class LatentScoreRegularizer:
         n_samples, stdev, baselines = (self.method_kwargs[key] for key in ("n_samples", "stdev", "baselines"))
         total = 0.0
         for _ in range(n_samples):
-            t = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), dtype=x.dtype, device=x.device)
-            total = total + self._gradient_x_activation(t * (x + stdev * torch.randn_like(x)) + (1 - t) * baselines)
+            total = total + self._gradient_x_activation(interpolated_input(x, stdev, baselines))
         return total / n_samples
 
     def _gradient_x_activation(self, x: torch.Tensor) -> torch.Tensor:
-        values: list[torch.Tensor] = []
-
-        def track(value: torch.Tensor) -> torch.Tensor:
-            # The source value keeps its graph to the parameters before the source; run_model passes a clone on,
-            # so in-place operations after the source leave it intact.
-            values.append(value if value.requires_grad else value.detach().requires_grad_())
-            return values[-1]
-
-        with torch.enable_grad():
-            record = run_model(self.model, (x,), self.source, self.target, replacement=track,
-                               to_source_input=self.attribute_to_source_input)
-            out = reduce_target(record.target_output, self.target_reduction)  # [N, K]
-            rows = jacobian_rows(out, values[0], create_graph=True)  # [K, N, *S]
-        return (rows * values[0]).transpose(0, 1)
+        return gradient_x_value(self.model, self.source, self.target, self.target_reduction, (x,), None,
+                                self.attribute_to_source_input, create_graph=True)
