@@ -173,6 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="K = 8 and one repeat (smoke run)")
+    parser.add_argument("--methods", nargs="+", choices=["IG", "IxG", "FA"], default=["IG", "IxG", "FA"],
+                        help="rows of the B0 table; with anything but all three, only that table is printed")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe is not None:
@@ -186,13 +188,16 @@ def main() -> None:
           f"target {TARGET} (K = {len(units)}, sum); torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"median of {repeats} interleaved repeats")
     print(f"\n{'method':34s} {'B0 s':>8s} {'ours s':>8s} {'B0/ours':>8s} {'max rel diff':>13s}")
-    for method, label in [("IG", "IntegratedGradients n_steps=16"), ("IxG", "InputXGradient"),
-                          ("FA", "FeatureAblation 4x4 windows")]:
+    labels = {"IG": "IntegratedGradients n_steps=16", "IxG": "InputXGradient", "FA": "FeatureAblation 4x4 windows"}
+    for method in args.methods:
+        label = labels[method]
         t, res = interleaved({"B0": lambda m=method: b0(model, x, mask, m, units),
                               "ours": lambda m=method: ours(model, x, mask, m, units)}, repeats)
         print(f"{label:34s} {t['B0']:8.3f} {t['ours']:8.3f} {t['B0'] / t['ours']:7.1f}x "
               f"{rel_err(res['ours'], res['B0']):13.1e}")
 
+    if len(args.methods) < 3:
+        return
     print("\nIG against a hand-written bound: 1 forward over all 16 steps + the K Jacobian rows from that one graph")
     t, res = interleaved({"ours": lambda: ours(model, x, mask, "IG", units),
                           "vmap": lambda: ig_bound(model, x, units, True),
