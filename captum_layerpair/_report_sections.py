@@ -13,7 +13,7 @@ from torch import nn
 from captum_layerpair._user_model import UserInputError, one_line
 from captum_layerpair.aggregation import aggregate
 from captum_layerpair.attr._methods import MethodSpec
-from captum_layerpair.attr._subnetwork import TargetReduction
+from captum_layerpair._typing import TargetReduction
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.metrics import DisentanglementScore, InformativenessScore, ScoreSummary
 from captum_layerpair.sanity import ModelParameterRandomization, RandomizationResult
@@ -85,7 +85,7 @@ def attribute_pair(lp: LayerPairAttribution, batches: list[torch.Tensor], attrib
         have = sum(len(m) for m in maps)
         if A.dim() == 5 and have < n_maps:
             maps.append(aggregate(A[:n_maps - have], "abs", over="channels"))
-    return PairResult(source=lp.source[0], target=lp.target[0], method=lp.method.name,
+    return PairResult(source=lp.source.name, target=lp.target.name, method=lp.method.name,
                       source_shape=tuple(A.shape[2:]), n_units=A.shape[1], matrix=total / n_seen,
                       maps=torch.cat(maps) if maps else None)
 

@@ -4,10 +4,30 @@ None of them needs downloaded weights: they are built here and trained in second
 """
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
+from captum_layerpair._random import seeded
+
 __all__ = ["BasicBlock", "SmallResNet", "SmallCNN", "LinearConvNet", "ConvEncoder", "ConvAutoencoder"]
+
+
+def _seeded_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Run ``__init__`` with every global RNG seeded from its ``seed`` argument and restored afterwards."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        with seeded(bound.arguments["seed"]):
+            init(self, *args, **kwargs)
+    return wrapper
 
 
 class BasicBlock(nn.Module):
@@ -46,6 +66,7 @@ class SmallResNet(nn.Module):
     ``bn2``, ``relu2``, ``shortcut``), ``pool``, ``flatten``, ``embed`` (``[N, embed_dim]``).
     """
 
+    @_seeded_init
     def __init__(
         self,
         in_channels: int = 3,
@@ -54,8 +75,6 @@ class SmallResNet(nn.Module):
         seed: int | None = 0,
     ) -> None:
         super().__init__()
-        if seed is not None:
-            torch.manual_seed(seed)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
@@ -80,13 +99,12 @@ class SmallCNN(nn.Module):
     ``image_size`` must be divisible by 4.
     """
 
+    @_seeded_init
     def __init__(
         self, in_channels: int = 1, channels: tuple[int, int] = (8, 16), embed_dim: int = 4, image_size: int = 8,
         seed: int | None = 0,
     ) -> None:
         super().__init__()
-        if seed is not None:
-            torch.manual_seed(seed)
         self.conv1 = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
@@ -109,11 +127,10 @@ class LinearConvNet(nn.Module):
     product of the weights: tests compare attributions with that analytic product. Input ``[N, C, H, W]``.
     """
 
+    @_seeded_init
     def __init__(self, in_channels: int = 1, channels: int = 3, embed_dim: int = 4, image_size: int = 6,
                  seed: int | None = 0) -> None:
         super().__init__()
-        if seed is not None:
-            torch.manual_seed(seed)
         self.conv1 = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.relu = nn.ReLU()
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
@@ -132,11 +149,10 @@ class ConvEncoder(nn.Module):
     strided convolutions halve the resolution twice, so ``image_size`` must be divisible by 4.
     """
 
+    @_seeded_init
     def __init__(self, in_channels: int = 1, channels: tuple[int, int, int] = (8, 16, 16), embed_dim: int = 4,
                  image_size: int = 8, seed: int | None = 0) -> None:
         super().__init__()
-        if seed is not None:
-            torch.manual_seed(seed)
         c1, c2, c3 = channels
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
         self.act1 = nn.ReLU()
@@ -162,6 +178,7 @@ class ConvAutoencoder(nn.Module):
     (``LayerPairAttribution(ae.encoder, "conv1", "embed", ...)``).
     """
 
+    @_seeded_init
     def __init__(self, in_channels: int = 1, embed_dim: int = 4, image_size: int = 8, seed: int | None = 0) -> None:
         super().__init__()
         self.encoder = ConvEncoder(in_channels, embed_dim=embed_dim, image_size=image_size, seed=seed)

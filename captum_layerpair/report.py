@@ -26,12 +26,13 @@ from torch import nn
 from tqdm import tqdm
 
 from captum_layerpair import __version__
+from captum_layerpair._random import seeded
 from captum_layerpair._report_html import Section, Table, render_page
 from captum_layerpair._report_sections import (PairResult, attribute_pair, checked_layer_pair, randomize_pair,
                                                score_pair)
 from captum_layerpair._user_model import UserInputError, check_forward
 from captum_layerpair.attr._methods import MethodSpec
-from captum_layerpair.attr._subnetwork import TargetReduction
+from captum_layerpair._typing import TargetReduction
 from captum_layerpair.metrics import ScoreSummary
 from captum_layerpair.sanity import RandomizationResult
 from captum_layerpair.visualization import plot_layer_pair_matrix, plot_randomization, plot_scores, plot_unit_maps
@@ -123,16 +124,14 @@ def build_report(
     if batch_size < 1:
         raise UserInputError(f"batch_size must be a positive number of inputs, got {batch_size}")
     kwargs = dict(attribute_kwargs or {})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         layer_pairs = [checked_layer_pair(model, source, target, method, target_reduction, inputs[:1], kwargs)
                        for source in sources]
     out_dir = _make_dir(out_dir)
     batches = list(inputs.split(batch_size))
     pairs: list[PairResult] = []
-    with torch.random.fork_rng(devices=[]):
-        for lp in tqdm(layer_pairs, desc="layer pairs", unit="pair", disable=not show_progress):
-            torch.manual_seed(seed)
+    for lp in tqdm(layer_pairs, desc="layer pairs", unit="pair", disable=not show_progress):
+        with seeded(seed):  # every draw (torch, NumPy, Python) from the seed; the caller's states come back
             pair = attribute_pair(lp, batches, kwargs, n_map_samples)
             if scores:
                 pair.scores = score_pair(lp, batches, kwargs, seed, show_progress)

@@ -135,3 +135,29 @@ def test_an_output_path_below_a_file_is_a_user_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(UserInputError, match="cannot create the output directory"):
         _build(blocker / "report")
+
+
+def _global_states():
+    import random
+
+    import numpy as np
+    return torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def test_seeded_report_ignores_and_restores_the_callers_global_rngs(tmp_path):
+    """GradientShap draws from NumPy: scores.json must not depend on the caller's torch/NumPy/Python seeds."""
+    import random
+
+    import numpy as np
+    texts = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        np.random.seed(caller_seed)
+        random.seed(caller_seed)
+        before = _global_states()
+        report = _build(tmp_path / str(caller_seed), sources=["conv2"], method="GradientShap", seed=5,
+                        attribute_kwargs={"n_samples": 3, "input_baselines": 0.0}, randomization=False)
+        after = _global_states()
+        assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1]) and before[2] == after[2]
+        texts.append(report.scores_json.read_text())
+    assert texts[0] == texts[1]  # bit-identical scores.json

@@ -5,6 +5,9 @@ import random
 
 import matplotlib
 import numpy as np
+import copy
+import warnings
+
 import pytest
 import torch
 from captum.attr import GradientShap, GuidedBackprop, InputXGradient, Saliency
@@ -256,12 +259,26 @@ def test_modules_without_reset_parameters_get_a_seeded_normal_draw():
 
 
 def test_a_step_that_leaves_the_parameters_unchanged_warns():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(32, 2)).eval()  # the BatchNorm is still at its defaults
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32, 2)).eval()  # the GroupNorm is still at its defaults and has no statistics
     lp = LayerPairAttribution(model, "0", "4", method=Saliency)
-    with pytest.warns(UserWarning, match="re-initialising '1' \\(BatchNorm2d\\) left its parameters unchanged"):
+    with pytest.warns(UserWarning, match="re-initialising '1' \\(GroupNorm\\) left its parameters unchanged"):
         ModelParameterRandomization(lp, layers=["1"], similarity="cosine", show_progress=False).evaluate(
             torch.rand(2, 1, 4, 4))
+
+
+def test_batchnorm_at_default_parameters_does_not_warn_because_its_statistics_are_reset():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32, 2))
+    with torch.no_grad():
+        model(torch.rand(8, 1, 4, 4) * 3 + 1)  # train-mode forward: running statistics move away from (0, 1)
+    model.eval()
+    lp = LayerPairAttribution(model, "0", "4", method=Saliency)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = ModelParameterRandomization(lp, layers=["1"], similarity="cosine", show_progress=False).evaluate(
+            torch.rand(2, 1, 4, 4))
+    assert result.similarity["cosine"][0] < 1 - 1e-6  # resetting the statistics did change the attribution
 
 
 def test_progress_bar_counts_the_randomised_modules(capsys):
@@ -345,7 +362,7 @@ def test_user_model_layer_pair_and_rng_untouched(user_model, order):
     assert torch.isfinite(result.similarity["ssim"]).all()
     assert_untouched(model, before)
     assert_rng_unchanged(rng)
-    assert lp.forward_func is model and lp.source is source and lp.source[1] is model[2]
+    assert lp.forward_func is model and lp.source is source and lp.source.module is model[2]
 
 
 def test_user_model_untouched_after_an_exception_midway(user_model):
@@ -385,3 +402,21 @@ def test_plot_has_a_line_per_measure_labelled_axes_and_shaded_regions():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["spearman_abs", "ssim", "after the target", "source and before"]
     matplotlib.pyplot.close(fig)
+
+
+def test_random_model_baseline_and_randomisation_draw_the_same_parameters_for_a_module_and_seed():
+    from captum_layerpair._reinit import module_seed, reinitialize
+    from captum_layerpair.metrics._latent import randomized_copy
+
+    model = encoder_with_head()
+    lp = LayerPairAttribution(model, "encoder.conv2", "encoder.embed", method=Saliency)
+    baseline = randomized_copy(lp, seed=3).forward_func
+    for name, module in baseline.named_modules():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        twin = copy.deepcopy(model.get_submodule(name))
+        reinitialize(twin, module_seed(3, name))  # what ModelParameterRandomization(seed=3) does to that module
+        for p, q in zip(own, twin.parameters(recurse=False)):
+            assert torch.equal(p, q), name
+        assert not all(torch.equal(p, q) for p, q in zip(own, model.get_submodule(name).parameters(recurse=False)))

@@ -227,7 +227,7 @@ def test_random_model_differs_from_a_model_built_with_the_same_small_seed(layer_
     copy = randomized_copy(layer_pair, seed=0)  # the encoder was built after torch.manual_seed(0)
     for (name, p), q in zip(layer_pair.forward_func.named_parameters(), copy.forward_func.parameters()):
         assert not torch.equal(p, q), name
-    assert copy.source[1] is copy.forward_func.conv2 and copy.target[1] is copy.forward_func.embed
+    assert copy.source.module is copy.forward_func.conv2 and copy.target.module is copy.forward_func.embed
 
 
 def test_paper_attribution_scores_every_embedding_dimension(encoder):

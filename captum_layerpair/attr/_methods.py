@@ -1,11 +1,18 @@
-"""Which Captum method was asked for, and how it is built on the layer-pair functions."""
+"""Which method was asked for, and how it is built on the layer-pair functions.
+
+A method is a Captum attribution class (or its name, or a factory callable), or a *built-in* method of this
+package registered in ``BUILTIN_METHODS``: an object with the ``BuiltinMethod`` protocol that attributes all units
+itself. Adding a built-in method is one module plus one line in that registry.
+"""
 from __future__ import annotations
 
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Protocol, Union
 from collections.abc import Callable
+
+import torch
 
 import captum.attr as captum_attr
 from captum.attr import DeepLift, FeatureAblation, FeaturePermutation, ShapleyValueSampling
@@ -13,10 +20,27 @@ from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttr
 from captum.attr._utils.attribution import Attribution, LayerAttribution
 from torch import nn
 
+from captum_layerpair.attr.paper_expected_gradients import PAPER_METHODS
+from captum_layerpair.layers import LayerPair
+
 __all__ = ["MethodSpec", "resolve_method", "NATIVE_MULTI_OUTPUT", "MODULE_HOOKING", "BUILTIN_METHODS",
-           "DISTRIBUTION_BASELINES"]
+           "DISTRIBUTION_BASELINES", "BuiltinMethod", "ResolvedMethod"]
 
 MethodSpec = Union[str, type, Callable[..., Attribution]]
+
+
+class BuiltinMethod(Protocol):
+    """A method of this package: attributes the chosen target units of a layer pair itself."""
+
+    baselines_in_input_space: bool
+
+    def has_convergence_delta(self) -> bool: ...
+
+    def attribute_units(self, pair: LayerPair, inputs: tuple[torch.Tensor, ...],
+                        additional_forward_args: tuple[Any, ...], units: torch.Tensor,
+                        attribute_to_source_input: bool, target_batch_size: int | None, **kwargs: Any) -> torch.Tensor:
+        """``[N, len(units), *source_shape]``."""
+        ...
 
 # Captum's perturbation methods that accept a forward returning [N, K] with target=None and give every output
 # its attribution from the same perturbed forwards (Occlusion and ShapleyValues are subclasses).
@@ -28,8 +52,8 @@ MODULE_HOOKING = (DeepLift, ModifiedReluGradientAttribution)
 # Methods whose ``baselines`` are a distribution to sample from, not one baseline per example.
 DISTRIBUTION_BASELINES = ("GradientShap", "DeepLiftShap", "LayerGradientShap", "LayerDeepLiftShap")
 
-# Methods implemented in this package rather than taken from Captum (see attr/paper_expected_gradients.py).
-BUILTIN_METHODS = ("paper_expected_gradients",)
+# Methods implemented in this package rather than taken from Captum: name -> BuiltinMethod.
+BUILTIN_METHODS: dict[str, BuiltinMethod] = {**PAPER_METHODS}
 
 _CAPTUM_CLASSES = {
     name: obj for name, obj in vars(captum_attr).items()
@@ -39,11 +63,17 @@ _CAPTUM_CLASSES = {
 
 @dataclass(frozen=True)
 class ResolvedMethod:
-    """A method ready to be built: ``build(function, source_module) -> Attribution`` and its family."""
+    """A method ready to be built: ``build(function, source_module) -> Attribution`` and its family, or a built-in."""
 
     name: str
     is_layer_method: bool
     build: Callable[[nn.Module, nn.Module], Attribution] | None  # None for built-in methods
+    builtin: BuiltinMethod | None = None
+
+    @property
+    def baselines_in_input_space(self) -> bool:
+        """Layer methods and some built-ins take model-input baselines; plain methods take source-space ones."""
+        return self.is_layer_method or (self.builtin is not None and self.builtin.baselines_in_input_space)
 
     def instantiate(self, function: nn.Module, source_module: nn.Module) -> Attribution:
         assert self.build is not None
@@ -61,7 +91,7 @@ def resolve_method(method: MethodSpec) -> ResolvedMethod:
     """
     if isinstance(method, str):
         if method in BUILTIN_METHODS:
-            return ResolvedMethod(method, False, None)
+            return ResolvedMethod(method, False, None, BUILTIN_METHODS[method])
         if method not in _CAPTUM_CLASSES:
             allowed = sorted(_CAPTUM_CLASSES) + list(BUILTIN_METHODS)
             close = difflib.get_close_matches(method, allowed, n=3, cutoff=0.5)

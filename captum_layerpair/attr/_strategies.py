@@ -9,17 +9,16 @@ Each returns ``(attributions [N, k, *S], deltas [N, k] or None)``.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from captum.attr import DeepLift
 from captum.attr._utils.attribution import PerturbationAttribution
 from torch import nn
 from tqdm import tqdm
 
+from captum_layerpair._random import RNGState, rng_state, set_rng_state
 from captum_layerpair.attr._methods import DISTRIBUTION_BASELINES, ResolvedMethod
 from captum_layerpair.attr._shared_forward import SharedForward
 
@@ -42,11 +41,11 @@ class AttributionJob:
     kwargs: dict[str, Any] = field(default_factory=dict)
     return_delta: bool = False
     show_progress: bool = False
-    rng_state: tuple[Any, ...] = field(default_factory=lambda: _rng_state())
+    rng_state: RNGState = field(default_factory=rng_state)
 
     def reset_rng(self) -> None:
         """Every unit (and every chunk of units) starts from the RNG state of the attribute call."""
-        _set_rng_state(self.rng_state)
+        set_rng_state(self.rng_state)
 
     @property
     def n(self) -> int:
@@ -69,11 +68,7 @@ class AttributionJob:
         return attr, delta
 
     def build(self) -> Any:
-        instance = self.method.instantiate(self.function, self.source_module)
-        if self.return_delta and not instance.has_convergence_delta():
-            raise ValueError(f"method {self.method.name} has no convergence delta; "
-                             "call attribute with return_convergence_delta=False")
-        return instance
+        return self.method.instantiate(self.function, self.source_module)
 
 
 def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
@@ -146,21 +141,6 @@ def folded(job: AttributionJob, units: torch.Tensor,
         progress.update(k)
     attr = attr.detach().reshape(k, n, *attr.shape[1:]).transpose(0, 1)
     return attr, None if delta is None else delta.detach().reshape(k, n).transpose(0, 1)
-
-
-def _rng_state() -> tuple[Any, ...]:
-    """The random states Captum draws from: torch (CPU and CUDA), NumPy (GradientShap) and Python's."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.random.get_rng_state(), cuda, np.random.get_state(), random.getstate()
-
-
-def _set_rng_state(state: tuple[Any, ...]) -> None:
-    cpu, cuda, numpy_state, python_state = state
-    torch.random.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(numpy_state)
-    random.setstate(python_state)
 
 
 def _is_batched(value: Any, n: int) -> bool:

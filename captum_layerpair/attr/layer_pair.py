@@ -1,6 +1,7 @@
 """``LayerPairAttribution``: attribute every unit of a target layer onto every unit of an earlier source layer."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 from collections.abc import Callable
 
@@ -10,14 +11,18 @@ from captum.attr._utils.attribution import Attribution
 from torch import nn
 from tqdm import tqdm
 
-from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer, run_model
+from captum_layerpair._checks import check_choice, check_finite, check_positive_int
+from captum_layerpair._model_state import model_state_preserved
+from captum_layerpair._typing import LayerSpec, TargetReduction
 from captum_layerpair.attr import _strategies
 from captum_layerpair.attr._methods import MODULE_HOOKING, NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
-from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork, TargetReduction, reduce_target
+from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork
+from captum_layerpair.layers import Layer, LayerPair
 
 __all__ = ["LayerPairAttribution"]
 
 Vectorize = Literal["auto", "batched", "loop"]
+VECTORIZE = ("auto", "batched", "loop")
 
 
 class LayerPairAttribution(Attribution):
@@ -79,30 +84,49 @@ class LayerPairAttribution(Attribution):
         stop_at_target: bool = True,
     ) -> None:
         super().__init__(forward_func)
-        self.source = resolve_layer(forward_func, source_layer, "source")
-        self.target = resolve_layer(forward_func, target_layer, "target")
+        self.pair = LayerPair.build(forward_func, source_layer, target_layer, target_reduction, stop_at_target)
         self.method = resolve_method(method)
-        if not (callable(target_reduction) or target_reduction in ("sum", "mean", "none")):
-            raise ValueError(f"unknown target_reduction {target_reduction!r}; allowed: 'sum', 'mean', 'none' or a "
-                             "callable T -> [N, K]")
-        _check_vectorize(vectorize)
-        self.target_reduction = target_reduction
+        check_choice("vectorize", vectorize, VECTORIZE)
         self.method_kwargs = dict(method_kwargs or {})
         self.vectorize = vectorize
-        self.stop_at_target = stop_at_target
+
+    @property
+    def source(self) -> Layer:
+        return self.pair.source
+
+    @property
+    def target(self) -> Layer:
+        return self.pair.target
+
+    @property
+    def target_reduction(self) -> TargetReduction:
+        return self.pair.reduction
+
+    @property
+    def stop_at_target(self) -> bool:
+        return self.pair.stop_at_target
 
     @property
     def source_layer(self) -> nn.Module:
-        return self.source[1]
+        return self.pair.source.module
 
     @property
     def target_layer(self) -> nn.Module:
-        return self.target[1]
+        return self.pair.target.module
+
+    def on(self, model: nn.Module) -> LayerPairAttribution:
+        """The same attribution (method, layers by name, options) on another model, e.g. a re-initialised copy."""
+        clone = copy.copy(self)
+        clone.forward_func = model
+        clone.pair = self.pair.on(model)
+        return clone
 
     def has_convergence_delta(self) -> bool:
-        return self.method.name in ("IntegratedGradients", "GradientShap", "DeepLift", "DeepLiftShap",
-                                    "LayerIntegratedGradients", "LayerConductance", "LayerDeepLift",
-                                    "LayerDeepLiftShap", "LayerGradientShap")
+        """Whether the method has a convergence delta (asked of the method itself)."""
+        if self.method.builtin is not None:
+            return self.method.builtin.has_convergence_delta()
+        function = ModelToTarget(self.pair, 1) if self.method.is_layer_method else SubNetwork(self.pair, 1)
+        return bool(self.method.instantiate(function, self.source_layer).has_convergence_delta())
 
     def source_activations(self, inputs: Any, additional_forward_args: Any = None,
                            attribute_to_source_input: bool = False) -> torch.Tensor:
@@ -110,8 +134,8 @@ class LayerPairAttribution(Attribution):
         x = _format_tensor_into_tuples(inputs)
         args = _format_additional_forward_args(additional_forward_args) or ()
         with torch.no_grad(), model_state_preserved(self.forward_func):
-            record = run_model(self.forward_func, (*x, *args), self.source, None,
-                               to_source_input=attribute_to_source_input, stop_at_source=True)
+            record = self.pair.run((*x, *args), read_target=False, to_source_input=attribute_to_source_input,
+                                   stop_at_source=True)
         return record.source_value.detach()
 
     def target_units(self, inputs: Any, additional_forward_args: Any = None) -> int:
@@ -119,9 +143,8 @@ class LayerPairAttribution(Attribution):
         x = _format_tensor_into_tuples(inputs)
         args = _format_additional_forward_args(additional_forward_args) or ()
         with torch.no_grad(), model_state_preserved(self.forward_func):
-            record = run_model(self.forward_func, (*x, *args), self.source, self.target,
-                               stop_at_target=self.stop_at_target)
-        return reduce_target(record.target_output, self.target_reduction).shape[1]
+            record = self.pair.run((*x, *args))
+        return self.pair.reduce(record.target_output).shape[1]
 
     def attribute(
         self,
@@ -175,29 +198,27 @@ class LayerPairAttribution(Attribution):
         _check_inputs(x)
         args = _format_additional_forward_args(additional_forward_args) or ()
         kwargs = {**self.method_kwargs, **method_kwargs}
-        vectorize = vectorize or self.vectorize
-        _check_vectorize(vectorize)
-        if self.source[1] is self.target[1] and not attribute_to_source_input:
-            raise ValueError(f"source and target are the same layer {self.source[0]!r}; the source must come "
+        vectorize = check_choice("vectorize", vectorize or self.vectorize, VECTORIZE)
+        check_positive_int("target_batch_size", target_batch_size, allow_none=True)
+        if self.source_layer is self.target_layer and not attribute_to_source_input:
+            raise ValueError(f"source and target are the same layer {self.source.name!r}; the source must come "
                              "strictly before the target (or use attribute_to_source_input=True)")
         with model_state_preserved(self.forward_func):
             with torch.no_grad():
-                record = run_model(self.forward_func, (*x, *args), self.source, self.target,
-                                   to_source_input=attribute_to_source_input, stop_at_target=False)
-                n_units = reduce_target(record.target_output, self.target_reduction).shape[1]
+                record = self.pair.run((*x, *args), to_source_input=attribute_to_source_input, stop_at_target=False)
+                n_units = self.pair.reduce(record.target_output).shape[1]
             units, squeeze = _parse_target(target, n_units)
             if input_baselines is not None:
                 if "baselines" in kwargs:
                     raise ValueError("give either baselines (source space) or input_baselines (input space), not both")
                 kwargs["baselines"] = self._map_input_baselines(input_baselines, x, args, attribute_to_source_input)
-            if self.method.build is None:
-                from captum_layerpair.attr.paper_expected_gradients import paper_expected_gradients
-
-                attr = paper_expected_gradients(self, x, args, units, attribute_to_source_input,
-                                                target_batch_size, **kwargs)
+            if return_convergence_delta and not self.has_convergence_delta():
+                raise ValueError(f"method {self.method.name} has no convergence delta; "
+                                 "call attribute with return_convergence_delta=False")
+            if self.method.builtin is not None:
+                attr = self.method.builtin.attribute_units(self.pair, x, args, units, attribute_to_source_input,
+                                                           target_batch_size, **kwargs)
                 delta = None
-                if return_convergence_delta:
-                    raise ValueError("paper_expected_gradients has no convergence delta")
             else:
                 job = self._job(record.source_value, x, args, kwargs, attribute_to_source_input,
                                 return_convergence_delta, show_progress)
@@ -208,7 +229,7 @@ class LayerPairAttribution(Attribution):
 
     def _map_input_baselines(self, input_baselines: Any, x: tuple[torch.Tensor, ...], args: tuple[Any, ...],
                              to_source_input: bool) -> Any:
-        if self.method.is_layer_method:
+        if self.method.baselines_in_input_space:
             return input_baselines
         if not isinstance(input_baselines, torch.Tensor):
             input_baselines = torch.full_like(x[0], float(input_baselines))
@@ -220,21 +241,17 @@ class LayerPairAttribution(Attribution):
     def _job(self, source_value: torch.Tensor, x: tuple[torch.Tensor, ...], args: tuple[Any, ...],
              kwargs: dict[str, Any], to_source_input: bool, return_delta: bool,
              show_progress: bool) -> _strategies.AttributionJob:
-        common = dict(model=self.forward_func, source=self.source, target=self.target,
-                      reduction=self.target_reduction, stop_at_target=self.stop_at_target, n_inputs=len(x))
         if self.method.is_layer_method:
             if to_source_input:
                 kwargs = {**kwargs, "attribute_to_layer_input": True}
-            return _strategies.AttributionJob(self.method, ModelToTarget(**common), self.source[1], x, args, kwargs,
-                                              return_delta, show_progress)
-        function = SubNetwork(**common, to_source_input=to_source_input)
-        return _strategies.AttributionJob(self.method, function, self.source[1], (source_value.detach(),),
+            return _strategies.AttributionJob(self.method, ModelToTarget(self.pair, len(x)), self.source_layer, x,
+                                              args, kwargs, return_delta, show_progress)
+        function = SubNetwork(self.pair, len(x), to_source_input=to_source_input)
+        return _strategies.AttributionJob(self.method, function, self.source_layer, (source_value.detach(),),
                                           (*x, *args), kwargs, return_delta, show_progress)
 
     def _run_chunks(self, job: _strategies.AttributionJob, units: torch.Tensor, target_batch_size: int | None,
                     vectorize: str, show_progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if target_batch_size is not None and target_batch_size < 1:
-            raise ValueError(f"target_batch_size must be a positive int or None, got {target_batch_size}")
         size = target_batch_size or len(units)
         instance = None if job.method.is_layer_method else job.build()
         is_native = isinstance(instance, NATIVE_MULTI_OUTPUT)
@@ -264,17 +281,11 @@ class LayerPairAttribution(Attribution):
         return attr, delta
 
 
-def _check_vectorize(vectorize: str) -> None:
-    if vectorize not in ("auto", "batched", "loop"):
-        raise ValueError(f"unknown vectorize {vectorize!r}; allowed: 'auto', 'batched', 'loop'")
-
-
 def _check_inputs(x: tuple[torch.Tensor, ...]) -> None:
     for i, t in enumerate(x):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"inputs must be tensors; input {i} is a {type(t).__name__}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"input {i} contains NaN or inf values; attributions of non-finite inputs are undefined")
+    check_finite("inputs", x if len(x) > 1 else x[0])
 
 
 def _parse_target(target: Any, n_units: int) -> tuple[torch.Tensor, bool]:

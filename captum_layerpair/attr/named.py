@@ -7,8 +7,7 @@ from collections.abc import Callable
 from captum.attr import (DeepLift, FeatureAblation, GradientShap, InputXGradient, IntegratedGradients, Occlusion,
                          Saliency)
 
-from captum_layerpair._layers import LayerSpec
-from captum_layerpair.attr._subnetwork import TargetReduction
+from captum_layerpair._typing import LayerSpec, TargetReduction
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 
 __all__ = ["LayerPairSaliency", "LayerPairInputXGradient", "LayerPairIntegratedGradients", "LayerPairGradientShap",

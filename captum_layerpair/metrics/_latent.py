@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from captum_layerpair._reinit import randomized_copy as _randomized_model
 from captum_layerpair.aggregation import NORMALIZATIONS, TRANSFORMS, Transform, aggregate, apply_transform
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.metrics.summary import ScoreAccumulator, ScoreSummary
@@ -18,7 +19,6 @@ __all__ = ["Noise", "check_attributions", "check_normalization", "check_options"
 
 Noise = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 NOISES = ("uniform", "gaussian")
-RANDOM_MODEL_SEED = 0x5EED_0000
 
 
 def check_attributions(A: Any, name: str = "A") -> torch.Tensor:
@@ -86,26 +86,14 @@ def make_noise(inputs: torch.Tensor, noise: Noise) -> torch.Tensor:
 def randomized_copy(layer_pair: LayerPairAttribution, seed: int = 0) -> LayerPairAttribution:
     """The same layer pair on a deep copy of its model with every parameter re-initialised (seeded).
 
-    Modules with ``reset_parameters()`` use it; other parameters are redrawn from a normal distribution with
-    their own standard deviation. The RNG is seeded with ``RANDOM_MODEL_SEED + seed``, away from the small seeds
-    models are usually built with (a model built after ``torch.manual_seed(seed)`` would otherwise be re-drawn
-    identically). The user's model is not touched.
+    Each parameterised module is re-initialised with ``reinitialize(module, module_seed(seed, name))``, exactly as
+    ``ModelParameterRandomization`` does, so both give the same parameters for the same module and seed. The
+    user's model is not touched.
     """
     if not isinstance(layer_pair.forward_func, nn.Module):
         raise TypeError("a random-model baseline needs the layer pair's forward_func to be an nn.Module, got "
                         f"{type(layer_pair.forward_func).__name__}")
-    clone = copy.deepcopy(layer_pair)
-    model: nn.Module = clone.forward_func
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(RANDOM_MODEL_SEED + seed)
-        for module in model.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
-            else:
-                for param in module.parameters(recurse=False):
-                    scale = param.std() if param.numel() > 1 else param.abs().clamp_min(1.0)
-                    param.copy_(torch.randn_like(param) * scale)
-    return clone
+    return layer_pair.on(_randomized_model(layer_pair.forward_func, seed))
 
 
 def batch_inputs(batch: Any) -> torch.Tensor:

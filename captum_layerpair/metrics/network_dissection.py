@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from captum._utils.progress import progress
 from torch import nn
 
-from captum_layerpair._layers import LayerSpec, resolve_layer
+from captum_layerpair._typing import LayerSpec
+from captum_layerpair.layers import resolve_layer
 
 __all__ = ["DETECTOR_IOU", "DissectionResult", "NetworkDissection", "dissect_maps"]
 
@@ -103,7 +104,8 @@ class NetworkDissection:
     def __init__(self, model: nn.Module, layer: LayerSpec, top_quantile: float = 0.005) -> None:
         _check_quantile(top_quantile)
         self.model = model
-        self.layer_name, self.layer = resolve_layer(model, layer, "dissected")
+        resolved = resolve_layer(model, layer, "dissected")
+        self.layer_name, self.layer = resolved.name, resolved.module
         self.top_quantile = top_quantile
 
     def evaluate(

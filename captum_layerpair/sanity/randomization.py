@@ -7,19 +7,20 @@ the other, recomputes the layer-pair attribution after each step and compares it
 from __future__ import annotations
 
 import copy
-import random
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer
+from captum_layerpair._model_state import model_state_preserved
+from captum_layerpair._random import seeded
+from captum_layerpair._reinit import module_seed, reinitialize
+from captum_layerpair._typing import LayerSpec
+from captum_layerpair.layers import Layer, resolve_layer
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.sanity.similarity import SimilaritySpec, resolve_similarities
 
@@ -170,7 +171,7 @@ class ModelParameterRandomization:
         self.show_progress = show_progress
 
     def _check_layer(self, layer: LayerSpec) -> str:
-        name, module = resolve_layer(self.layer_pair.forward_func, layer, "randomised")
+        name, module = _name_module(resolve_layer(self.layer_pair.forward_func, layer, "randomised"))
         if not _own_parameters(module):
             raise ValueError(f"layer {name!r} ({type(module).__name__}) has no parameters of its own to randomise; "
                              f"modules with parameters: {', '.join(_parameterised(self.layer_pair.forward_func))}")
@@ -198,18 +199,21 @@ class ModelParameterRandomization:
         if attribute_kwargs.get("return_convergence_delta"):
             raise ValueError("return_convergence_delta is not supported here: the check compares attributions only")
         model = _deep_copy(self.layer_pair.forward_func)
-        pair = _on_model(self.layer_pair, model)
+        pair = self.layer_pair.on(model)
         schedule = self._schedule(pair, inputs, attribute_kwargs)
         trained_state = ({key: value.clone() for key, value in model.state_dict().items()}
                          if self.order == "independent" else None)
         original = self._attribute(pair, inputs, attribute_kwargs)
         scores: dict[str, list[torch.Tensor]] = {name: [] for name in self.measures}
         kept = []
-        for name, module_seed, _ in tqdm(schedule, desc=f"{self.order} randomisation", unit="module",
+        for name, seed_of_module, _ in tqdm(schedule, desc=f"{self.order} randomisation", unit="module",
                                          disable=not self.show_progress):
             if trained_state is not None:
                 model.load_state_dict(trained_state)
-            _reinitialize(model.get_submodule(name), name, module_seed)
+            module = model.get_submodule(name)
+            if not reinitialize(module, seed_of_module) and not _has_running_stats(module):
+                warnings.warn(f"re-initialising {name!r} ({type(module).__name__}) left its parameters unchanged, so "
+                              "this step cannot change the attribution", stacklevel=2)
             attribution = self._attribute(pair, inputs, attribute_kwargs)
             for measure, fn in self.measures.items():
                 scores[measure].append(_per_sample_values(measure, fn(original, attribution), len(original)))
@@ -239,15 +243,14 @@ class ModelParameterRandomization:
                 raise ValueError(f"layers {missing} do not run in the forward pass on these inputs, so randomising "
                                  f"them cannot change anything; modules that run: {', '.join(n for n, _ in runs)}")
             chosen = [name for name, _ in runs if name in self.layers]
-        schedule = [(name, _module_seed(self.seed, i), position) for i, (name, position) in enumerate(runs)
-                    if name in chosen]
+        schedule = [(name, module_seed(self.seed, name), position) for name, position in runs if name in chosen]
         if not schedule:
             raise ValueError("no module with parameters runs in the forward pass: nothing to randomise")
         return schedule if self.order == "bottom_up" else schedule[::-1]
 
     def _attribute(self, pair: LayerPairAttribution, inputs: Any, attribute_kwargs: dict[str, Any]) -> torch.Tensor:
         """The attribution ``[N, K, *source_shape]`` with the same random draws at every call."""
-        with _seeded(self.seed, pair.forward_func):
+        with seeded(self.seed):
             attribution = pair.attribute(inputs, **attribute_kwargs)
         target = attribute_kwargs.get("target")
         if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
@@ -279,15 +282,6 @@ def _deep_copy(model: nn.Module) -> nn.Module:
                         "works on a copy so that the model itself is never changed") from error
 
 
-def _on_model(pair: LayerPairAttribution, model: nn.Module) -> LayerPairAttribution:
-    """The same layer pair (method, reduction, method arguments, options) on ``model``, a copy of its model."""
-    twin = copy.copy(pair)
-    twin.forward_func = model
-    twin.source = resolve_layer(model, pair.source[0], "source")
-    twin.target = resolve_layer(model, pair.target[0], "target")
-    return twin
-
-
 def _forward_order(pair: LayerPairAttribution, inputs: Any, attribute_kwargs: dict[str, Any]) -> list[tuple[str, str]]:
     """``(name, position)`` of the parameterised modules that run on ``inputs``, in the order they are first called.
 
@@ -303,7 +297,7 @@ def _forward_order(pair: LayerPairAttribution, inputs: Any, attribute_kwargs: di
             clock.setdefault(key, len(clock))
         return hook
 
-    source_module, target_module = pair.source[1], pair.target[1]
+    source_module, target_module = pair.source_layer, pair.target_layer
     handles = [source_module.register_forward_pre_hook(stamp("<source>")) if to_source_input
                else source_module.register_forward_hook(stamp("<source>")),
                target_module.register_forward_hook(stamp("<target>"))]
@@ -324,43 +318,10 @@ def _forward_order(pair: LayerPairAttribution, inputs: Any, attribute_kwargs: di
             for time, name in runs]
 
 
-def _module_seed(seed: int, index: int) -> int:
-    """A well-mixed 63-bit seed for the module at ``index`` in the forward order."""
-    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def _name_module(layer: Layer) -> tuple[str, nn.Module]:
+    return layer.name, layer.module
 
 
-def _reinitialize(module: nn.Module, name: str, seed: int) -> None:
-    """Re-initialise ``module``'s own parameters in place, seeded, leaving the global RNG as it was.
-
-    Warns when this leaves them unchanged (e.g. ``reset_parameters()`` of a BatchNorm already at its defaults).
-    """
-    before = [param.detach().clone() for param in module.parameters(recurse=False)]
-    with _seeded(seed, module), torch.no_grad():
-        if callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
-        else:
-            for param in module.parameters(recurse=False):
-                spread = float(param.std()) if param.numel() > 1 else 0.0
-                param.normal_(0.0, spread if spread > 0 else 1.0)
-    if all(torch.equal(old, new) for old, new in zip(before, module.parameters(recurse=False))):
-        warnings.warn(f"re-initialising {name!r} ({type(module).__name__}) left its parameters unchanged, so this "
-                      "step cannot change the attribution", stacklevel=3)
-
-
-@contextmanager
-def _seeded(seed: int, module: nn.Module) -> Iterator[None]:
-    """Seed the torch (CPU and ``module``'s CUDA devices), NumPy and Python RNGs; restore them all on exit.
-
-    Captum draws from all three (GradientShap's interpolation points and baselines come from NumPy).
-    """
-    devices = sorted({p.device.index for p in module.parameters() if p.is_cuda})
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2 ** 32)
-            random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
+def _has_running_stats(module: nn.Module) -> bool:
+    """Normalisation layers whose re-initialisation also resets running statistics (buffers)."""
+    return callable(getattr(module, "reset_running_stats", None))

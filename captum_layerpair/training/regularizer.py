@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_layerpair._layers import LayerSpec, model_state_preserved, resolve_layer
-from captum_layerpair.aggregation import Transform
+from captum_layerpair._model_state import model_state_preserved
+from captum_layerpair._typing import LayerSpec, TargetReduction, Transform
 from captum_layerpair.attr.paper_expected_gradients import gradient_x_value, interpolated_input
-from captum_layerpair.attr._subnetwork import TargetReduction
+from captum_layerpair.layers import LayerPair
 from captum_layerpair.metrics._latent import Noise, check_options, make_noise
 from captum_layerpair.metrics.disentanglement import disentanglement_score
 from captum_layerpair.metrics.informativeness import COMBINES, Combine, informativeness_score
@@ -106,8 +106,7 @@ class LatentScoreRegularizer:
         if combine not in COMBINES:
             raise ValueError(f"unknown combine {combine!r}; allowed: {list(COMBINES)}")
         self.model = model
-        self.source = resolve_layer(model, source_layer, "source")
-        self.target = resolve_layer(model, target_layer, "target")
+        self.pair = LayerPair.build(model, source_layer, target_layer, target_reduction)
         self.informativeness_weight = float(informativeness_weight)
         self.disentanglement_weight = float(disentanglement_weight)
         self.method = method
@@ -118,7 +117,6 @@ class LatentScoreRegularizer:
         self.noise = noise
         self.n_noise = n_noise
         self.combine = combine
-        self.target_reduction = target_reduction
         self.attribute_to_source_input = attribute_to_source_input
         self.calls = 0
         self.last_scores: dict[str, torch.Tensor] = {}
@@ -159,5 +157,4 @@ class LatentScoreRegularizer:
         return total / n_samples
 
     def _gradient_x_activation(self, x: torch.Tensor) -> torch.Tensor:
-        return gradient_x_value(self.model, self.source, self.target, self.target_reduction, (x,), None,
-                                self.attribute_to_source_input, create_graph=True)
+        return gradient_x_value(self.pair, (x,), None, self.attribute_to_source_input, create_graph=True)
