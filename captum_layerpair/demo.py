@@ -85,7 +85,7 @@ def conv_layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
 
 
-def run_demo(out_dir: str | Path, n_inputs: int = 64, show_progress: bool = True) -> Report:
+def run_demo(out_dir: str | Path, n_inputs: int = 64, show_progress: bool = False) -> Report:
     """Write the demo report into ``out_dir``: every conv layer of the default encoder to its 8-d embedding.
 
     Integrated Gradients (16 steps, black-image baseline) on the first ``n_inputs`` held-out digits; see

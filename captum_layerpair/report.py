@@ -76,7 +76,7 @@ def build_report(
     model_description: str | None = None,
     inputs_description: str | None = None,
     seed: int = 0,
-    show_progress: bool = True,
+    show_progress: bool = False,
 ) -> Report:
     """Explain ``target`` by each layer in ``sources`` on ``inputs`` and write figures, ``scores.json`` and
     ``report.html`` into ``out_dir``.

@@ -125,7 +125,7 @@ class LatentScore:
         raise NotImplementedError
 
     def evaluate(self, dataloader: Iterable[Any], random_model: bool = False, null: bool = False, seed: int = 0,
-                 show_progress: bool = True, **attribute_kwargs: Any) -> ScoreSummary:
+                 show_progress: bool = False, **attribute_kwargs: Any) -> ScoreSummary:
         """Score every sample of a dataset and summarise, with optional honest baselines.
 
         Parameters

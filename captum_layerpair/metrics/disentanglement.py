@@ -66,6 +66,9 @@ class DisentanglementScore(LatentScore):
     """
 
     name = "disentanglement"
+    higher_is_better = True
+    is_differentiable = True
+    description = "do different embedding dimensions attend to different places?"
 
     def __init__(self, layer_pair: LayerPairAttribution, transform: Transform = "abs",
                  normalization: str = "minmax", noise: Noise = "uniform") -> None:

@@ -96,6 +96,9 @@ class InformativenessScore(LatentScore):
     """
 
     name = "informativeness"
+    higher_is_better = True
+    is_differentiable = True
+    description = "do the embedding's attributions on data differ from those on noise?"
 
     def __init__(self, layer_pair: LayerPairAttribution, transform: Transform = "abs",
                  normalization: str = "minmax", noise: Noise = "uniform", n_noise: int = 1,

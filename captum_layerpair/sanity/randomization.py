@@ -154,7 +154,7 @@ class ModelParameterRandomization:
         similarity: SimilaritySpec = ("spearman_abs", "ssim"),
         layers: Sequence[LayerSpec] | None = None,
         seed: int = 0,
-        show_progress: bool = True,
+        show_progress: bool = False,
     ) -> None:
         if not isinstance(layer_pair, LayerPairAttribution):
             raise TypeError(f"layer_pair must be a LayerPairAttribution; got {type(layer_pair).__name__}")
