@@ -7,7 +7,7 @@ from typing import Union
 import torch
 from torch import nn
 
-__all__ = ["LayerSpec", "TargetReduction", "Transform", "Noise", "ArrayLike"]
+__all__ = ["LayerSpec", "TargetReduction", "Transform", "Noise", "ArrayLike", "MethodSpec"]
 
 LayerSpec = Union[str, nn.Module]
 """A layer: a module of the model or its dotted name (``"layer1.0.conv1"``)."""
@@ -23,3 +23,6 @@ Noise = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 ArrayLike = Union[torch.Tensor, "numpy.ndarray"]  # noqa: F821
 """A tensor or a NumPy array."""
+
+MethodSpec = Union[str, type, Callable[..., "captum.attr.Attribution"]]  # noqa: F821
+"""An attribution method: a ``captum.attr`` class, its name, a built-in name, or a factory callable."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 from collections.abc import Callable
 
 import torch
@@ -17,16 +17,16 @@ import torch
 import captum.attr as captum_attr
 from captum.attr import DeepLift, FeatureAblation, FeaturePermutation, ShapleyValueSampling
 from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
-from captum.attr._utils.attribution import Attribution, LayerAttribution
+from captum.attr import Attribution, LayerAttribution, NoiseTunnel
 from torch import nn
 
+from captum_layerpair._typing import MethodSpec
 from captum_layerpair.attr.paper_expected_gradients import PAPER_METHODS
 from captum_layerpair.layers import LayerPair
 
 __all__ = ["MethodSpec", "resolve_method", "NATIVE_MULTI_OUTPUT", "MODULE_HOOKING", "BUILTIN_METHODS",
            "DISTRIBUTION_BASELINES", "BuiltinMethod", "ResolvedMethod"]
 
-MethodSpec = Union[str, type, Callable[..., Attribution]]
 
 
 class BuiltinMethod(Protocol):
@@ -102,6 +102,10 @@ def resolve_method(method: MethodSpec) -> ResolvedMethod:
     if inspect.isclass(method):
         if not issubclass(method, Attribution):
             raise TypeError(f"method {method.__name__} is not a captum.attr Attribution class")
+        if issubclass(method, NoiseTunnel):
+            raise ValueError("NoiseTunnel wraps another method, so it cannot be given as a class: pass a factory, "
+                             "e.g. method=lambda f: NoiseTunnel(IntegratedGradients(f)), or wrap a layer-pair "
+                             "attribution: NoiseTunnel(LayerPairIntegratedGradients(model, source, target))")
         if issubclass(method, LayerAttribution):
             return ResolvedMethod(method.__name__, True, lambda f, layer: method(f, layer))
         return ResolvedMethod(method.__name__, False, lambda f, layer: method(f))

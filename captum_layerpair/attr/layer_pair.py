@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
-from captum.attr._utils.attribution import Attribution
+from captum.attr import Attribution
+from captum.log import log_usage
 from torch import nn
 from tqdm import tqdm
 
@@ -146,6 +147,27 @@ class LayerPairAttribution(Attribution):
             record = self.pair.run((*x, *args))
         return self.pair.reduce(record.target_output).shape[1]
 
+    def subnetwork(self, inputs: Any, additional_forward_args: Any = None, attribute_to_source_input: bool = False,
+                   ) -> tuple[nn.Module, torch.Tensor, tuple[Any, ...]]:
+        """The sub-network ``g_x`` that plain methods attribute, for use with Captum's metrics.
+
+        Returns ``(g, a, forward_args)``: ``g(a', *forward_args) -> [N, K]`` runs the model on the inputs with the
+        source value replaced by ``a'``; ``a`` is the source value ``[N, *source_shape]``; ``forward_args`` are the
+        model inputs (and extra arguments), which Captum expands with the batch like any
+        ``additional_forward_args``. For unit ``k``::
+
+            g, a, args = lp.subnetwork(x)
+            A = lp.attribute(x, target=k)
+            captum.metrics.infidelity(g, perturb_fn, a, A, additional_forward_args=args, target=k)
+            captum.metrics.sensitivity_max(Saliency(g).attribute, a, additional_forward_args=args, target=k)
+        """
+        x = _format_tensor_into_tuples(inputs)
+        _check_inputs(x)
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        a = self.source_activations(x if len(x) > 1 else x[0], additional_forward_args, attribute_to_source_input)
+        return SubNetwork(self.pair, len(x), to_source_input=attribute_to_source_input), a, (*x, *args)
+
+    @log_usage()
     def attribute(
         self,
         inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -206,12 +228,19 @@ class LayerPairAttribution(Attribution):
         with model_state_preserved(self.forward_func):
             with torch.no_grad():
                 record = self.pair.run((*x, *args), to_source_input=attribute_to_source_input, stop_at_target=False)
+                check_finite(f"the output of target layer {self.target.name!r} (check the model's weights and "
+                             "inputs)", record.target_output)
                 n_units = self.pair.reduce(record.target_output).shape[1]
             units, squeeze = _parse_target(target, n_units)
             if input_baselines is not None:
                 if "baselines" in kwargs:
                     raise ValueError("give either baselines (source space) or input_baselines (input space), not both")
+                check_finite("input_baselines", input_baselines)
                 kwargs["baselines"] = self._map_input_baselines(input_baselines, x, args, attribute_to_source_input)
+            elif "baselines" in kwargs:
+                check_finite("baselines", kwargs["baselines"])
+                if not self.method.baselines_in_input_space:
+                    _check_source_space(kwargs["baselines"], record.source_value, self.source.name)
             if return_convergence_delta and not self.has_convergence_delta():
                 raise ValueError(f"method {self.method.name} has no convergence delta; "
                                  "call attribute with return_convergence_delta=False")
@@ -286,6 +315,16 @@ def _check_inputs(x: tuple[torch.Tensor, ...]) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"inputs must be tensors; input {i} is a {type(t).__name__}")
     check_finite("inputs", x if len(x) > 1 else x[0])
+
+
+def _check_source_space(baselines: Any, source_value: torch.Tensor, source_name: str) -> None:
+    """Plain methods take baselines in source-activation space: refuse other shapes in one line."""
+    for b in baselines if isinstance(baselines, tuple) else (baselines,):
+        if isinstance(b, torch.Tensor) and b.numel() > 1 and b.shape[1:] != source_value.shape[1:]:
+            raise ValueError(f"baselines of shape {tuple(b.shape)} do not fit source layer {source_name!r}: plain "
+                             f"methods take baselines in source-activation space, [N or 1, "
+                             f"{', '.join(map(str, source_value.shape[1:]))}]; for model-input baselines (e.g. a "
+                             "black image) use input_baselines=")
 
 
 def _parse_target(target: Any, n_units: int) -> tuple[torch.Tensor, bool]:

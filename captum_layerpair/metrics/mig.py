@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from sklearn.metrics import mutual_info_score
 
+from captum_layerpair._typing import ArrayLike
+
 __all__ = ["discretize", "mutual_information_matrix", "mutual_information_gap"]
 
-ArrayLike = np.ndarray | torch.Tensor
 
 
 def _as_2d(values: ArrayLike, name: str) -> np.ndarray:
