@@ -12,7 +12,7 @@ from torch import nn
 
 from captum_layerpair._user_model import UserInputError, one_line
 from captum_layerpair.aggregation import aggregate
-from captum_layerpair.attr._methods import MethodSpec
+from captum_layerpair._typing import MethodSpec
 from captum_layerpair._typing import TargetReduction
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.metrics import DisentanglementScore, InformativenessScore, ScoreSummary

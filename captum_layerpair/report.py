@@ -31,7 +31,7 @@ from captum_layerpair._report_html import Section, Table, render_page
 from captum_layerpair._report_sections import (PairResult, attribute_pair, checked_layer_pair, randomize_pair,
                                                score_pair)
 from captum_layerpair._user_model import UserInputError, check_forward
-from captum_layerpair.attr._methods import MethodSpec
+from captum_layerpair._typing import MethodSpec
 from captum_layerpair._typing import TargetReduction
 from captum_layerpair.metrics import ScoreSummary
 from captum_layerpair.sanity import RandomizationResult
