@@ -15,9 +15,8 @@ from collections.abc import Callable
 import torch
 
 import captum.attr as captum_attr
-from captum.attr import DeepLift, FeatureAblation, FeaturePermutation, ShapleyValueSampling
-from captum.attr._core.guided_backprop_deconvnet import ModifiedReluGradientAttribution
-from captum.attr import Attribution, LayerAttribution, NoiseTunnel
+from captum.attr import (Attribution, Deconvolution, DeepLift, FeatureAblation, FeaturePermutation, GuidedBackprop,
+                         LayerAttribution, NoiseTunnel, ShapleyValueSampling)
 from torch import nn
 
 from captum_layerpair._typing import MethodSpec
@@ -47,7 +46,7 @@ class BuiltinMethod(Protocol):
 NATIVE_MULTI_OUTPUT = (FeatureAblation, FeaturePermutation, ShapleyValueSampling)
 
 # Methods that hook the model's own modules (and the tensors flowing through them, also before the source).
-MODULE_HOOKING = (DeepLift, ModifiedReluGradientAttribution)
+MODULE_HOOKING = (DeepLift, GuidedBackprop, Deconvolution)
 
 # Methods whose ``baselines`` are a distribution to sample from, not one baseline per example.
 DISTRIBUTION_BASELINES = ("GradientShap", "DeepLiftShap", "LayerGradientShap", "LayerDeepLiftShap")
