@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from captum._utils.progress import progress
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
+from tqdm import tqdm
 
 from captum_layerpair._checks import check_choice, check_positive_int, check_probability
 from captum_layerpair._hooks import capture_layers
@@ -213,10 +213,10 @@ class MapDissection(Metric):
         try:
             self.reset()
             if not self.thresholds_fixed:
-                for inputs, _ in progress(stream(), desc="Dissection thresholds", disable=hide):
+                for inputs, _ in tqdm(stream(), desc="Dissection thresholds", unit="batch", disable=hide):
                     self.update(inputs)
                 self.compute_thresholds()
-            for inputs, masks in progress(stream(), desc="Dissection IoU", disable=hide):
+            for inputs, masks in tqdm(stream(), desc="Dissection IoU", unit="batch", disable=hide):
                 self.update(inputs, masks)
             result = self.compute()
         finally:
