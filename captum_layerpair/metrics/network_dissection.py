@@ -127,10 +127,12 @@ class MapDissection(Metric):
             before.
         """
         maps = self._maps(inputs)
+        if len(maps) == 0:
+            return
         if not self.thresholds_fixed:
             self.top = arithmetic.keep_top(self.top, maps, self._capacity(maps)).to(self.device)
             self.seen += len(maps)
-            self.positions.fill_(maps[0, 0].numel() if len(maps) else 0)
+            self.positions.fill_(maps[0, 0].numel())
             return
         if masks is None:
             raise ValueError("the thresholds are fixed, so update() needs the batch's concept masks: "
