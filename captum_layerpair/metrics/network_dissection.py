@@ -100,11 +100,12 @@ class MapDissection(Metric):
         self.unit_area_rule = unit_area
         self.concept_categories = None if concept_categories is None else list(concept_categories)
         self.concept_names = concept_names
-        fixed = torch.empty(0) if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32).flatten()
-        self.add_state("top", torch.empty(0, 0), dist_reduce_fx=arithmetic.merge_top)
+        # Activations, buffers and thresholds are float32 whatever the default dtype (the same on every process).
+        fixed = torch.empty(0) if thresholds is None else torch.as_tensor(thresholds).flatten()
+        self.add_state("top", torch.empty(0, 0, dtype=torch.float32), dist_reduce_fx=arithmetic.merge_top)
         self.add_state("seen", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("positions", torch.zeros((), dtype=torch.int64), dist_reduce_fx="max")
-        self.add_state("thresholds", fixed, dist_reduce_fx="max")
+        self.add_state("thresholds", fixed.float(), dist_reduce_fx="max")
         self.add_state("intersection", torch.empty(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("unit_area", torch.empty(0, 0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("concept_area", torch.empty(0, dtype=torch.float64), dist_reduce_fx="sum")
