@@ -75,14 +75,17 @@ def label_free_ig_whole(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tens
 
 
 def label_free_ig(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return LabelFreeAttribution(encoder, IntegratedGradients).attribute_dimensions(x, n_steps=50)[:, :, 0].abs()
+    """The authors' per-dimension output ``|f_d(x) A_d(x)|``; after the per-map min-max normalisation of ``score``
+    it ranks pixels as ``|A_d(x)|`` does (``f_d(x)`` is one number per map)."""
+    return LabelFreeAttribution(encoder, IntegratedGradients).attribute_dimensions(
+        x, output="abs_scaled", n_steps=50)[:, :, 0]
 
 
 def label_free_gradient_shap(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     baselines = torch.zeros(1, *x.shape[1:])
     attributions = LabelFreeAttribution(encoder, GradientShap).attribute_dimensions(
-        x, baselines=baselines, n_samples=50, stdevs=0.05)
-    return attributions[:, :, 0].abs()
+        x, output="abs_scaled", baselines=baselines, n_samples=50, stdevs=0.05)
+    return attributions[:, :, 0]
 
 
 def layer_pair_ig(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -70,8 +70,9 @@ def test_per_dimension_attributions_of_a_linear_encoder_are_x_times_the_weight_r
     x = inputs()
     expected = (x.flatten(1)[:, None, :] * W[None]).view(4, 3, 1, 2, 3)
     lf = LabelFreeAttribution(encoder, method)
-    torch.testing.assert_close(lf.attribute_dimensions(x, **kwargs).double(), expected)
-    torch.testing.assert_close(lf.attribute_dimensions(x, dims=[2, 0], **kwargs).double(), expected[:, [2, 0]])
+    torch.testing.assert_close(lf.attribute_dimensions(x, output="raw", **kwargs).double(), expected)
+    torch.testing.assert_close(lf.attribute_dimensions(x, dims=[2, 0], output="raw", **kwargs).double(),
+                               expected[:, [2, 0]])
 
 
 def test_label_free_attribution_is_the_representation_weighted_sum_of_dimension_attributions():
@@ -79,7 +80,7 @@ def test_label_free_attribution_is_the_representation_weighted_sum_of_dimension_
     encoder = ConvEncoder(image_size=8, seed=0).double()
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     lf = LabelFreeAttribution(encoder, InputXGradient)
-    per_dim = lf.attribute_dimensions(x)  # [3, 4, 1, 8, 8]
+    per_dim = lf.attribute_dimensions(x, output="raw")  # [3, 4, 1, 8, 8]
     with torch.no_grad():
         representation = encoder(x)
     torch.testing.assert_close(lf.attribute(x), (representation[:, :, None, None, None] * per_dim).sum(1))
@@ -128,7 +129,7 @@ def test_tuple_inputs_and_additional_forward_args_follow_the_batch():
     torch.testing.assert_close(attr_a, a * ((scale * fx) @ encoder.a.weight.detach()))
     torch.testing.assert_close(attr_b, b * ((scale * fx) @ encoder.b.weight.detach()))
     dims_a, dims_b = LabelFreeAttribution(encoder, Saliency).attribute_dimensions(
-        (a, b), additional_forward_args=(scale,), abs=False)
+        (a, b), additional_forward_args=(scale,), output="raw", abs=False)
     assert dims_a.shape == (4, 2, 3) and dims_b.shape == (4, 2, 5)
     torch.testing.assert_close(dims_b, (scale[:, :, None] * encoder.b.weight.detach()[None]).expand(4, 2, 5))
 
@@ -155,3 +156,62 @@ def test_bad_method_target_and_dims_raise_clear_errors():
         LabelFreeAttribution(encoder, Saliency).attribute(inputs(), target=0)
     with pytest.raises(ValueError, match=r"dims .* in \[0, 3\); got \[0, 3\]"):
         LabelFreeAttribution(encoder, Saliency).attribute_dimensions(inputs(), dims=[0, 3])
+
+
+# ---- per-dimension output as the authors' attribute_individual_dim: |f_d(x) * A_d(x)| ----
+
+@pytest.mark.parametrize("name", list(EXACT_ON_LINEAR))
+def test_abs_scaled_dimensions_of_a_linear_encoder_are_abs_of_projection_times_weight_row(name):
+    # For f(x) = W x and a zero baseline, A_d = x * W_d and f_d(x) = W_d . x, so |f_d A_d| = |(W_d . x) x W_d|.
+    method, kwargs = EXACT_ON_LINEAR[name]
+    encoder, W = linear_encoder()
+    x = inputs()
+    flat = x.flatten(1)
+    expected = ((flat @ W.T)[:, :, None] * flat[:, None, :] * W[None]).abs().view(4, 3, 1, 2, 3)
+    lf = LabelFreeAttribution(encoder, method)
+    torch.testing.assert_close(lf.attribute_dimensions(x, **kwargs).double(), expected)
+    torch.testing.assert_close(lf.attribute_dimensions(x, dims=[1], output="abs_scaled", **kwargs).double(),
+                               expected[:, [1]])
+
+
+def test_abs_scaled_saliency_of_a_nonlinear_encoder_matches_autograd():
+    # Saliency A_d = |df_d/dx|; the default output is |f_d(x)| * |df_d/dx|, computed here with a float64 Jacobian.
+    torch.manual_seed(2)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    jacobian = torch.stack([torch.autograd.functional.jacobian(lambda v: encoder(v[None])[0], x[n])
+                            for n in range(len(x))])  # [N, 3, 3, 2, 2]
+    with torch.no_grad():
+        z = encoder(x)
+    expected = (z[:, :, None, None, None] * jacobian.abs()).abs()
+    attributions = LabelFreeAttribution(encoder, Saliency).attribute_dimensions(x)
+    torch.testing.assert_close(attributions, expected)
+
+
+def test_abs_scaled_applies_to_every_tuple_input_and_keeps_raw_deltas():
+    torch.manual_seed(0)
+    encoder = TwoInputEncoder()
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(4, 3, dtype=torch.float64, generator=gen), torch.randn(4, 5, dtype=torch.float64, generator=gen)
+    scale = torch.tensor([[1.0], [2.0], [-1.0], [0.5]], dtype=torch.float64)
+    lf = LabelFreeAttribution(encoder, IntegratedGradients)
+    (raw_a, raw_b), raw_delta = lf.attribute_dimensions((a, b), additional_forward_args=(scale,), output="raw",
+                                                        n_steps=4, return_convergence_delta=True)
+    (abs_a, abs_b), delta = lf.attribute_dimensions((a, b), additional_forward_args=(scale,), n_steps=4,
+                                                    return_convergence_delta=True)
+    z = (scale * (encoder.a(a) + encoder.b(b))).detach()
+    torch.testing.assert_close(abs_a, (z[:, :, None] * raw_a).abs())
+    torch.testing.assert_close(abs_b, (z[:, :, None] * raw_b).abs())
+    torch.testing.assert_close(delta, raw_delta)
+
+
+def test_unknown_dimension_output_is_rejected():
+    encoder, _ = linear_encoder()
+    with pytest.raises(ValueError, match="unknown output 'scaled'.*'abs_scaled', 'raw'"):
+        LabelFreeAttribution(encoder, Saliency).attribute_dimensions(inputs(), output="scaled")
+
+
+def test_docstring_says_how_the_pairing_differs_from_the_authors_code():
+    import captum_layerpair.attr.label_free as module
+
+    assert "does *not* pass ``f(x)`` through" in module.__doc__ and "repeat_interleave" in module.__doc__

@@ -1,10 +1,12 @@
 """Network Dissection: planted concept detectors are recovered, thresholds are exact quantiles, errors are clear."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 
 from captum_layerpair.aggregation import aggregate
 from captum_layerpair.datasets import make_blob_images
@@ -39,8 +41,10 @@ def blobs():
 
 
 def test_planted_detectors_are_recovered_with_iou_one(blobs):
+    # The detectors' maps are binary. NetDissect segments `activation > threshold`, so the threshold must fall to
+    # the background level 0: a top quantile above the concepts' area (about 25% of the pixels) puts it there.
     x, masks = blobs
-    result = NetworkDissection(PlantedDetectors(), "detect").evaluate(x, masks, batch_size=25)
+    result = NetworkDissection(PlantedDetectors(), "detect", top_quantile=0.3).evaluate(x, masks, batch_size=25)
     assert result.best_concept.tolist() == PERMUTATION
     torch.testing.assert_close(result.best_iou, torch.ones(4))
     assert result.detectors.tolist() == [0, 1, 2, 3]
@@ -178,7 +182,171 @@ def test_bad_data_and_arguments_raise_clear_errors(blobs):
         dissection.evaluate(x, masks.float() * 0.5)
     with pytest.raises(ValueError, match="required when data is a tensor"):
         dissection.evaluate(x)
-    with pytest.raises(ValueError, match=r"top_quantile must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"top_quantile must \w+ in \(0, 1\)"):
         NetworkDissection(PlantedDetectors(), "detect", top_quantile=1.5)
     with pytest.raises(ValueError, match=r"maps must be a tensor \[N, K, h, w\]"):
         dissect_maps(x[:, 0], masks)
+
+
+# ---- NetDissect's rules: strict threshold, partially annotated data ----
+
+def test_dead_unit_has_iou_zero_and_is_no_detector(blobs):
+    # A unit that never fires has threshold 0; NetDissect segments `activation > threshold`, so it segments nothing.
+    x, masks = blobs
+    model = PlantedDetectors()
+    with torch.no_grad():
+        model.detect.weight[1] = 0.0  # unit 1 is dead: all-zero maps
+    result = NetworkDissection(model, "detect").evaluate(x, masks)
+    assert result.thresholds[1] == 0
+    assert torch.equal(result.iou[1], torch.zeros(4))
+    assert result.unit_area is not None and torch.equal(result.unit_area[1], torch.zeros(4))
+    assert 1 not in result.detectors.tolist()
+
+
+@pytest.fixture(scope="module")
+def partially_annotated(blobs):
+    """Blob masks as 4 concepts of 2 categories; every third image is not annotated for category 1 (its masks of
+    concepts 2 and 3 are empty although the blobs are there)."""
+    x, masks = blobs
+    masks = masks.clone()
+    masks[::3, 2:] = False
+    return x, masks, ["shape", "shape", "size", "size"]
+
+
+def test_unit_area_rules_differ_only_on_unannotated_images(partially_annotated):
+    x, masks, categories = partially_annotated
+    results = {rule: NetworkDissection(PlantedDetectors(), "detect", top_quantile=0.3, unit_area=rule,
+                                       concept_categories=categories).evaluate(x, masks)
+               for rule in ("annotated", "all")}
+    annotated, everywhere = results["annotated"], results["all"]
+    torch.testing.assert_close(annotated.iou[:, :2], everywhere.iou[:, :2])  # category 0 is annotated everywhere
+    # Units 0 and 2 detect concepts 2 and 3 (category 1): counting their firing on the unannotated images as
+    # false positives lowers their IoU below 1; NetDissect's rule keeps it at 1.
+    torch.testing.assert_close(annotated.iou[[0, 2], [2, 3]], torch.ones(2))
+    assert (everywhere.iou[[0, 2], [2, 3]] < 0.8).all()
+    # The counts say why: the unit area toward a category-1 concept leaves out the unannotated images.
+    assert (annotated.unit_area[:, 2:] < everywhere.unit_area[:, 2:]).all()
+
+
+def test_concept_categories_must_match_the_concepts(blobs):
+    x, masks = blobs
+    with pytest.raises(ValueError, match="concept_categories has 3 entries but the masks have 4 concepts"):
+        NetworkDissection(PlantedDetectors(), "detect", concept_categories=["a", "b", "c"]).evaluate(x, masks)
+    with pytest.raises(ValueError, match="unknown unit_area 'some'.*Allowed: 'all', 'annotated'"):
+        NetworkDissection(PlantedDetectors(), "detect", unit_area="some")
+
+
+# ---- the metric protocol ----
+
+def test_metric_protocol_equals_the_one_call_form(blobs):
+    x, masks = blobs
+    expected = NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.02).evaluate(x, masks, batch_size=40)
+    metric = NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.02, n_samples=len(x))
+    metric.update(x[:0])  # an empty batch changes nothing
+    for start in range(0, len(x), 32):
+        metric.update(x[start:start + 32])
+    torch.testing.assert_close(metric.compute_thresholds(), expected.thresholds, rtol=0, atol=0)
+    for start in range(0, len(x), 32):
+        metric.update(x[start:start + 32], masks[start:start + 32])
+    result = metric.compute()
+    assert torch.equal(result.iou, expected.iou) and torch.equal(result.intersection, expected.intersection)
+    assert result.n_samples == len(x)
+    metric.reset()
+    assert not metric.thresholds_fixed and metric.top.numel() == 0
+
+
+def test_bounded_buffer_keeps_ceil_q_n_hw_values_per_unit(blobs):
+    x, _ = blobs
+    metric = NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.02, n_samples=len(x))
+    for start in range(0, len(x), 10):
+        metric.update(x[start:start + 10])
+    assert metric.top.shape == (4, math.ceil(0.02 * 120 * 8 * 8))
+    unbounded = NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.02)
+    unbounded.update(x)
+    assert unbounded.top.shape == (4, 120 * 8 * 8)
+    torch.testing.assert_close(unbounded.compute_thresholds(), metric.compute_thresholds(), rtol=0, atol=0)
+
+
+def test_merged_metrics_equal_one_metric_on_the_whole_data(blobs):
+    # Three parts of different sizes (one empty), with unbounded buffers of different widths: merge_state pads,
+    # concatenates the buffers and sums the counts, giving exactly the whole-data thresholds and IoU.
+    x, masks = blobs
+    whole = NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.02).evaluate(x, masks)
+    parts = [slice(0, 70), slice(70, 70), slice(70, 120)]
+    metrics = [NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.02) for _ in parts]
+    for metric, part in zip(metrics, parts):
+        if len(x[part]):
+            metric.update(x[part])
+    metrics[0].merge_state(metrics[1])
+    metrics[0].merge_state(metrics[2])
+    thresholds = metrics[0].compute_thresholds()
+    assert torch.equal(thresholds, whole.thresholds)
+    fixed = [NetworkDissection(PlantedDetectors(), "pool", thresholds=thresholds) for _ in parts]
+    for metric, part in zip(fixed, parts):
+        if len(x[part]):
+            metric.update(x[part], masks[part])
+    fixed[2].merge_state(fixed[0])
+    fixed[2].merge_state(fixed[1])
+    assert torch.equal(fixed[2].compute().iou, whole.iou)
+    with pytest.raises(ValueError, match="thresholds differ"):
+        fixed[0].merge_state(metrics[1])
+
+
+def test_given_thresholds_skip_the_first_pass(blobs):
+    x, masks = blobs
+    first = NetworkDissection(PlantedDetectors(), "pool", top_quantile=0.05).evaluate(x, masks)
+    again = NetworkDissection(PlantedDetectors(), "pool", thresholds=first.thresholds).evaluate(x[:60], masks[:60])
+    assert torch.equal(again.thresholds, first.thresholds)
+    assert again.n_samples == 60
+
+
+def test_one_unit_keeps_its_unit_dimension(blobs):
+    x, masks = blobs
+    result = dissect_maps(x[:, :1], masks[:, :1], top_quantile=0.3)
+    assert result.thresholds.shape == (1,) and result.iou.shape == (1, 1)
+    torch.testing.assert_close(result.iou, torch.ones(1, 1))
+
+
+def test_protocol_misuse_raises_clear_errors(blobs):
+    x, masks = blobs
+    metric = NetworkDissection(PlantedDetectors(), "detect")
+    with pytest.raises(ValueError, match="thresholds are not fixed yet"):
+        metric.compute()
+    with pytest.raises(ValueError, match="the data yielded no batches"):
+        metric.compute_thresholds()
+    metric.update(x)
+    metric.compute_thresholds()
+    with pytest.raises(ValueError, match="needs the batch's concept masks"):
+        metric.update(x)
+    with pytest.raises(TypeError, match="two passes over the data"):
+        metric(x)
+
+
+def test_padding_distributed_sampler_is_refused(blobs):
+    x, masks = blobs
+    sampler = DistributedSampler(TensorDataset(x[:5], masks[:5]), num_replicas=2, rank=0, shuffle=False)
+    loader = DataLoader(TensorDataset(x[:5], masks[:5]), batch_size=2, sampler=sampler)
+    with pytest.raises(ValueError, match="DistributedSampler pads 5 samples to 6 by repeating 1"):
+        NetworkDissection(PlantedDetectors(), "detect").evaluate(loader)
+
+
+class WithBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(4)
+        self.detect = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.detect(self.norm(x)).sum()
+
+
+def test_model_buffers_are_restored_and_the_metric_does_not_own_the_model(blobs):
+    x, masks = blobs
+    model = WithBatchNorm().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metric = NetworkDissection(model, "detect", top_quantile=0.1)
+    metric.evaluate(x, masks)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not list(metric.children()) and not metric.state_dict()
+    metric.eval()
+    assert model.training

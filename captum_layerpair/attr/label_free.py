@@ -2,9 +2,19 @@
 
 A representation ``f(x) in R^D`` has no label to explain. LFXAI explains the scalar ``<f(x~), f(x)>``, the
 projection of the representation of a (perturbed, interpolated, ...) input ``x~`` on the representation of the
-original input, which is held fixed. Any Captum attribution method can explain that scalar. As in the authors'
-code, the fixed ``f(x)`` travels through ``additional_forward_args``, so Captum expands it together with the batch
-(integrated-gradient steps, noise-tunnel samples, DeepLift's input/baseline pairs, perturbation batches).
+original input, which is held fixed. Any Captum attribution method can explain that scalar.
+
+Pairing each ``x~`` with its own ``f(x)``: the authors' code does *not* pass ``f(x)`` through
+``additional_forward_args``; its ``AuxiliaryFunction`` stores ``f(x)`` and, when a method hands it a batch of
+``k * N`` inputs, tiles it with ``repeat`` (``[f(x_1) .. f(x_N), f(x_1) .. f(x_N), ...]``). That pairs correctly for
+methods that expand the batch block by block (IntegratedGradients' steps, DeepLift), but not for those that repeat
+each sample in turn (``repeat_interleave``: NoiseTunnel, GradientShap, DeepLiftShap), where ``x_1``'s noisy copies
+meet ``f(x_2)``, ... . Here ``f(x)`` travels through ``additional_forward_args``, so Captum expands it exactly as it
+expands the inputs, and every method pairs correctly.
+
+Per-dimension attributions (:meth:`LabelFreeAttribution.attribute_dimensions`) return, as the authors'
+``attribute_individual_dim`` does, ``|f_d(x) * A_d(x)|`` (``output="abs_scaled"``, default), where ``A_d`` is the
+method's attribution of ``f_d``; ``output="raw"`` returns ``A_d`` itself.
 """
 from __future__ import annotations
 
@@ -16,9 +26,17 @@ from captum._utils.common import _format_additional_forward_args, _format_tensor
 from captum.attr import Attribution
 from torch import nn
 
-__all__ = ["LabelFreeAttribution"]
+from captum_layerpair._checks import check_choice
 
-MethodSpec = type | Callable[[Callable[..., torch.Tensor]], Attribution]
+__all__ = ["LabelFreeAttribution", "DIMENSION_OUTPUTS"]
+
+DIMENSION_OUTPUTS = {
+    "abs_scaled": "|f_d(x) * A_d(x)|, as the authors' attribute_individual_dim returns",
+    "raw": "A_d(x), the method's attribution of f_d",
+}
+"""What ``attribute_dimensions`` returns per dimension ``d``."""
+
+_Method = type | Callable[[Callable[..., torch.Tensor]], Attribution]
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
@@ -57,7 +75,7 @@ class LabelFreeAttribution(Attribution):
         ``lambda f: LayerIntegratedGradients(f, encoder.conv1)``.
     """
 
-    def __init__(self, encoder: Callable[..., torch.Tensor], method: MethodSpec) -> None:
+    def __init__(self, encoder: Callable[..., torch.Tensor], method: _Method) -> None:
         super().__init__(encoder)
         if isinstance(method, Attribution) or not callable(method):
             raise TypeError(f"method must be a Captum attribution class or a factory forward_func -> Attribution, "
@@ -95,7 +113,7 @@ class LabelFreeAttribution(Attribution):
 
     def attribute_dimensions(
         self, inputs: Inputs, dims: list[int] | torch.Tensor | None = None, additional_forward_args: Any = None,
-        **method_kwargs: Any,
+        output: str = "abs_scaled", **method_kwargs: Any,
     ) -> Any:
         """Attribute each representation dimension ``f_d(x)`` separately (the method's ``target=d``).
 
@@ -105,20 +123,28 @@ class LabelFreeAttribution(Attribution):
             ``[N, *input_shape]`` or a tuple of such tensors.
         dims:
             Dimensions to explain (default: all ``D``).
-        additional_forward_args, **method_kwargs:
+        additional_forward_args:
+            As in :meth:`attribute`.
+        output:
+            ``"abs_scaled"`` (default, as the authors' ``attribute_individual_dim``): ``|f_d(x) * A_d(x)|``, the
+            method's attribution ``A_d`` of ``f_d`` scaled by the sample's own ``f_d(x)``, in absolute value;
+            ``"raw"``: ``A_d(x)``.
+        **method_kwargs:
             As in :meth:`attribute`.
 
         Returns
         -------
         Attributions ``[N, len(dims), *input_shape]`` (a tuple of those for tuple inputs; ``*layer_shape`` for
-        layer methods); with ``return_convergence_delta=True`` also the method's deltas stacked on a new
-        dimension 1 (``[N, len(dims)]`` for IntegratedGradients).
+        layer methods); with ``return_convergence_delta=True`` also the method's deltas of the raw ``A_d``
+        stacked on a new dimension 1 (``[N, len(dims)]`` for IntegratedGradients).
         """
         if "target" in method_kwargs:
             raise TypeError("attribute_dimensions takes the dimensions as dims=..., not target=...")
+        check_choice("output", output, DIMENSION_OUTPUTS)
         args = _format_additional_forward_args(additional_forward_args) or ()
         with torch.no_grad():
-            n_dims = self._encode(inputs, args).shape[1]
+            representation = self._encode(inputs, args).detach()
+        n_dims = representation.shape[1]
         dims = list(range(n_dims)) if dims is None else [int(d) for d in dims]
         bad = [d for d in dims if not 0 <= d < n_dims]
         if bad or not dims:
@@ -132,6 +158,10 @@ class LabelFreeAttribution(Attribution):
             stacked: Any = tuple(torch.stack(parts, dim=1) for parts in zip(*attributions))
         else:
             stacked = torch.stack(attributions, dim=1)
+        if output == "abs_scaled":
+            scale = representation[:, dims]  # [N, len(dims)]
+            stacked = (tuple(_abs_scaled(part, scale) for part in stacked) if isinstance(stacked, tuple)
+                       else _abs_scaled(stacked, scale))
         return (stacked, torch.stack([r[1] for r in results], dim=1)) if with_delta else stacked
 
     def _encode(self, inputs: Inputs, args: tuple) -> torch.Tensor:
@@ -147,3 +177,8 @@ class LabelFreeAttribution(Attribution):
         if not isinstance(explainer, Attribution):
             raise TypeError(f"method(forward_func) must return a Captum Attribution, got {type(explainer).__name__}")
         return explainer
+
+
+def _abs_scaled(attributions: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``|scale[n, d] * attributions[n, d, ...]|`` for attributions ``[N, len(dims), ...]``."""
+    return (scale.to(attributions.dtype).view(*scale.shape, *[1] * (attributions.dim() - 2)) * attributions).abs()

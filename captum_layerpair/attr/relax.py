@@ -4,78 +4,117 @@ For an input ``x`` with representation ``h = f(x)`` and random smooth masks ``M_
 ``s_i = sim(h, f(x * M_i))`` and reports, per pixel,
 
 - importance ``R = sum_i s_i M_i / sum_i M_i`` (the mask-weighted mean similarity) and
-- uncertainty ``U = sum_i M_i (s_i - R)^2 / sum_i M_i`` (the matching weighted variance).
+- uncertainty ``sum_i M_i (s_i - R)^2``, divided by ``sum_i M_i`` (``uncertainty_scale="variance"``, the default:
+  the weighted variance, which does not grow with the number of masks) or not (``"sum_of_squares"``: the scale
+  the official code reports, from its running estimator);
+- U-RELAX (:func:`u_relax`): the importance where the uncertainty is at most its median over the image, 0 elsewhere.
+
+Masks are built as in the official code (``relax_xai.masking_functions.mask_generator``): a Bernoulli grid of
+``n_cells x n_cells`` cells, upsampled bilinearly straight to ``H x W``, reflect-padded by ``n_cells // 2`` pixels
+on each side and cropped back to ``H x W`` at a random offset of ``0 .. n_cells - 1`` pixels per axis.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from captum._utils.common import _expand_additional_forward_args, _format_additional_forward_args
-from captum._utils.progress import progress
 from captum.attr._utils.attribution import PerturbationAttribution
+from tqdm import tqdm
 
-__all__ = ["RELAX", "SIMILARITIES", "relax_masks"]
+from captum_layerpair._checks import check_choice, check_positive_int
+from captum_layerpair._random import derive_seed
+
+__all__ = ["RELAX", "RELAX_SIMILARITIES", "UNCERTAINTY_SCALES", "relax_masks", "u_relax"]
 
 Similarity = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+RELAX_SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cosine": lambda h, h_masked: F.cosine_similarity(h, h_masked, dim=1),
     "dot": lambda h, h_masked: (h * h_masked).sum(dim=1),
 }
+"""Similarities of two ``[M, D]`` batches of representations, one score per row (``"cosine"``: the paper's)."""
+
+UNCERTAINTY_SCALES = {
+    "variance": "sum_i M_i (s_i - R)^2 / sum_i M_i: the mask-weighted variance of the similarities",
+    "sum_of_squares": "sum_i M_i (s_i - R)^2: the official code's scale (grows with the number of masks)",
+}
+"""How the uncertainty map is scaled; see the module docstring."""
 
 
 def relax_masks(
     n_masks: int, size: tuple[int, int], n_cells: int = 7, p_keep: float = 0.5,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, seed: int | None = None,
 ) -> torch.Tensor:
-    """Draw RELAX/RISE masks: a Bernoulli grid, upsampled bilinearly to a slightly larger size, randomly cropped.
-
-    Each mask starts as an ``n_cells x n_cells`` grid of independent Bernoulli(``p_keep``) cells, is upsampled
-    bilinearly to ``(n_cells + 1)`` cells of ``ceil(H / n_cells) x ceil(W / n_cells)`` pixels and shifted by a
-    uniform random offset of less than one cell before cropping ``H x W``, so cell borders fall anywhere.
+    """Draw RELAX masks as the official code does (see the module docstring).
 
     Parameters
     ----------
     n_masks: number of masks.
-    size: ``(H, W)`` of the masks.
+    size: ``(H, W)`` of the masks; both larger than ``n_cells // 2`` (the reflect padding).
     n_cells: cells per side of the Bernoulli grid.
     p_keep: probability that a cell is kept (1) rather than dropped (0).
-    generator: CPU random generator (the masks are drawn on the CPU).
+    generator: CPU random generator (the masks are drawn on the CPU, in float32 whatever
+        ``torch.get_default_dtype()`` is).
+    seed: alternatively, the seed: ``relax_masks(..., seed=s)`` gives the masks of ``RELAX.attribute(..., seed=s)``.
 
     Returns
     -------
     ``[n_masks, H, W]`` float32 masks with values in ``[0, 1]``, on the CPU.
     """
-    return _upsample_masks(*_draw_grids(n_masks, size, n_cells, p_keep, generator), size)
+    _check_mask_arguments(n_masks, size, n_cells, p_keep)
+    if seed is not None:
+        generator = _mask_generator(seed)
+    return _upsample_masks(*_draw_grids(n_masks, n_cells, p_keep, generator), size)
 
 
-def _draw_grids(
-    n_masks: int, size: tuple[int, int], n_cells: int, p_keep: float, generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random part of the masks: Bernoulli grids ``[n_masks, n_cells, n_cells]`` and shifts ``[n_masks, 2]``."""
-    cell = _cell_size(size, n_cells)
-    grids = (torch.rand(n_masks, n_cells, n_cells, generator=generator) < p_keep).float()
-    shifts = torch.stack([torch.randint(0, c, (n_masks,), generator=generator) for c in cell], dim=1)
-    return grids, shifts
+def u_relax(importance: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
+    """U-RELAX: the importance where the uncertainty is at most its median over the image, 0 elsewhere.
+
+    Parameters
+    ----------
+    importance, uncertainty: ``[N, H, W]`` maps from ``RELAX.attribute(..., return_uncertainty=True)``. The official
+        code applies the rule to its ``"sum_of_squares"`` uncertainty; the median is per image (the lower of the
+        two middle values for an even pixel count, as ``torch.median``).
+
+    Returns
+    -------
+    ``[N, H, W]``.
+    """
+    if importance.shape != uncertainty.shape or importance.dim() != 3:
+        raise ValueError(f"u_relax needs importance and uncertainty maps of one shape [N, H, W]; got "
+                         f"{tuple(importance.shape)} and {tuple(uncertainty.shape)}")
+    median = uncertainty.flatten(1).median(dim=1).values[:, None, None]
+    return importance * (uncertainty <= median)
+
+
+def _mask_generator(seed: int) -> torch.Generator:
+    """The private generator of the masks of ``RELAX.attribute(seed=seed)``; the global RNG is not touched."""
+    return torch.Generator().manual_seed(derive_seed(seed, "RELAX masks"))
+
+
+def _draw_grids(n_masks: int, n_cells: int, p_keep: float, generator: torch.Generator | None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random part of the masks, in the official code's order: Bernoulli grids ``[n_masks, n_cells, n_cells]``,
+    then the row shifts, then the column shifts (``[n_masks, 2]``, each in ``0 .. n_cells - 1``)."""
+    grids = (torch.rand(n_masks, n_cells, n_cells, generator=generator, dtype=torch.float32) < p_keep).float()
+    rows = torch.randint(0, n_cells, (n_masks,), generator=generator)
+    cols = torch.randint(0, n_cells, (n_masks,), generator=generator)
+    return grids, torch.stack([rows, cols], dim=1)
 
 
 def _upsample_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Masks ``[M, H, W]`` from grids ``[M, n_cells, n_cells]`` and shifts ``[M, 2]`` (see :func:`relax_masks`)."""
+    """Masks ``[M, H, W]`` from grids ``[M, n_cells, n_cells]`` and shifts ``[M, 2]``: bilinear upsampling to
+    ``H x W``, reflect padding by ``n_cells // 2`` pixels, crop at the shift."""
     n_masks, n_cells = grids.shape[:2]
-    cell_h, cell_w = _cell_size(size, n_cells)
-    upsampled = F.interpolate(grids[:, None], size=((n_cells + 1) * cell_h, (n_cells + 1) * cell_w),
-                              mode="bilinear", align_corners=False)[:, 0]
+    pad = n_cells // 2
+    upsampled = F.interpolate(grids[:, None], size=size, mode="bilinear", align_corners=False)
+    padded = F.pad(upsampled, (pad, pad, pad, pad), mode="reflect")[:, 0]
     rows = (shifts[:, 0, None] + torch.arange(size[0]))[:, :, None]  # [M, H, 1]
     cols = (shifts[:, 1, None] + torch.arange(size[1]))[:, None, :]  # [M, 1, W]
-    return upsampled[torch.arange(n_masks)[:, None, None], rows, cols]
-
-
-def _cell_size(size: tuple[int, int], n_cells: int) -> tuple[int, int]:
-    return math.ceil(size[0] / n_cells), math.ceil(size[1] / n_cells)
+    return padded[torch.arange(n_masks)[:, None, None], rows, cols]
 
 
 class RELAX(PerturbationAttribution):
@@ -106,34 +145,39 @@ class RELAX(PerturbationAttribution):
         seed: int = 0,
         show_progress: bool = False,
         additional_forward_args: Any = None,
+        uncertainty_scale: str = "variance",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Compute RELAX importance (and uncertainty) maps.
 
         Parameters
         ----------
         inputs:
-            Images ``[N, C, H, W]``.
+            Images ``[N, C, H, W]``, with ``H, W > n_cells // 2``.
         n_masks:
             Number of random masks (the paper uses 3000). All inputs share the same masks.
         n_cells:
-            Cells per side of each mask's Bernoulli grid (see :func:`relax_masks`).
+            Cells per side of each mask's Bernoulli grid (the official default 7; see :func:`relax_masks`).
         p_keep:
-            Probability that a grid cell is kept, in ``(0, 1]``.
+            Probability that a grid cell is kept, in ``(0, 1]`` (the official default 0.5).
         similarity:
             ``"cosine"`` (the paper's choice), ``"dot"``, or a callable ``sim(h, h_masked) -> [M]`` taking two
             ``[M, D]`` batches of representations.
         mask_batch_size:
             Masks evaluated per forward pass; each forward pass sees ``N * mask_batch_size`` masked images
-            (on a CPU, a few hundred images per pass is usually fastest).
+            (on a CPU, a few hundred images per pass is usually fastest). It does not change the result.
         return_uncertainty:
             Also return the uncertainty map.
         seed:
-            Seed of the mask draws (a private ``torch.Generator``; the global RNG is not touched).
+            Seed of the mask draws (a private ``torch.Generator``; the global RNG is not touched). The masks are
+            those of ``relax_masks(n_masks, (H, W), n_cells, p_keep, seed=seed)``.
         show_progress:
             Show a progress bar over mask batches.
         additional_forward_args:
             Extra arguments passed to the encoder after the images (tensors with a batch dimension are
             expanded with the masked batch, as in Captum).
+        uncertainty_scale:
+            ``"variance"`` (default): ``sum_i M_i (s_i - R)^2 / sum_i M_i``, comparable across ``n_masks``;
+            ``"sum_of_squares"``: ``sum_i M_i (s_i - R)^2``, the scale the official code reports.
 
         Returns
         -------
@@ -141,21 +185,29 @@ class RELAX(PerturbationAttribution):
             ``[N, H, W]``, the mask-weighted mean similarity; it lies between the smallest and largest ``s_i``.
             Pixels that no mask kept get 0.
         uncertainty:
-            ``[N, H, W]``, non-negative; only with ``return_uncertainty=True``, as ``(importance, uncertainty)``.
+            ``[N, H, W]``, non-negative, scaled as ``uncertainty_scale`` says; only with
+            ``return_uncertainty=True``, as ``(importance, uncertainty)``. ``u_relax(importance, uncertainty)``
+            gives U-RELAX.
         """
-        _check_arguments(inputs, n_masks, n_cells, p_keep, mask_batch_size)
-        sim = _resolve_similarity(similarity)
-        args = _format_additional_forward_args(additional_forward_args)
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+            got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise ValueError(f"RELAX needs images as one tensor [N, C, H, W]; got {got}")
         n, _, height, width = inputs.shape
-        generator = torch.Generator().manual_seed(seed)
+        _check_mask_arguments(n_masks, (height, width), n_cells, p_keep)
+        check_positive_int("mask_batch_size", mask_batch_size)
+        sim = check_choice("similarity", similarity, RELAX_SIMILARITIES, allow_callable=True,
+                           callable_hint="a callable sim(h, h_masked) -> [M] on two [M, D] batches")
+        check_choice("uncertainty_scale", uncertainty_scale, UNCERTAINTY_SCALES)
+        args = _format_additional_forward_args(additional_forward_args)
         # Moment sums over masks, per pixel: sum M, and per sample sum M s and sum M s^2 (float64, on the CPU).
         weight = torch.zeros(height * width, dtype=torch.float64)
         first = torch.zeros(n, height * width, dtype=torch.float64)
         second = torch.zeros(n, height * width, dtype=torch.float64)
-        grids, shifts = _draw_grids(n_masks, (height, width), n_cells, p_keep, generator)
+        grids, shifts = _draw_grids(n_masks, n_cells, p_keep, _mask_generator(seed))
         with torch.no_grad():
             reference = self._encode(inputs, args)
-            for start in progress(range(0, n_masks, mask_batch_size), desc="RELAX", disable=not show_progress):
+            starts = range(0, n_masks, mask_batch_size)
+            for start in tqdm(starts, desc="RELAX", unit="mask batch", disable=not show_progress):
                 stop = min(start + mask_batch_size, n_masks)
                 batch = stop - start
                 masks = _upsample_masks(grids[start:stop], shifts[start:stop], (height, width))
@@ -169,7 +221,9 @@ class RELAX(PerturbationAttribution):
         covered = weight > 0
         safe = torch.where(covered, weight, torch.ones_like(weight))
         importance = torch.where(covered, first / safe, torch.zeros_like(first))
-        uncertainty = torch.where(covered, second / safe - importance.square(), torch.zeros_like(first)).clamp_min(0)
+        # sum_i M_i (s_i - R)^2 = sum M s^2 - R sum M s, since R sum M = sum M s.
+        squares = torch.where(covered, second - importance * first, torch.zeros_like(first)).clamp_min(0)
+        uncertainty = squares / safe if uncertainty_scale == "variance" else squares
         importance, uncertainty = (t.view(n, height, width).to(device=inputs.device, dtype=inputs.dtype)
                                    for t in (importance, uncertainty))
         return (importance, uncertainty) if return_uncertainty else importance
@@ -184,24 +238,15 @@ class RELAX(PerturbationAttribution):
         return out
 
 
-def _check_arguments(inputs: Any, n_masks: int, n_cells: int, p_keep: float, mask_batch_size: int) -> None:
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
-        got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"RELAX needs images as one tensor [N, C, H, W]; got {got}")
-    for name, value in (("n_masks", n_masks), ("n_cells", n_cells), ("mask_batch_size", mask_batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not 0 < p_keep <= 1:
+def _check_mask_arguments(n_masks: int, size: tuple[int, int], n_cells: int, p_keep: float) -> None:
+    check_positive_int("n_masks", n_masks)
+    check_positive_int("n_cells", n_cells)
+    if isinstance(p_keep, bool) or not isinstance(p_keep, (int, float)) or not 0 < p_keep <= 1:
         raise ValueError(f"p_keep must be in (0, 1], got {p_keep!r}")
-
-
-def _resolve_similarity(similarity: Similarity) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if callable(similarity):
-        return similarity
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}; allowed: {sorted(SIMILARITIES)} or a callable "
-                         "sim(h, h_masked) -> [M] on two [M, D] batches")
-    return SIMILARITIES[similarity]
+    if min(size) <= n_cells // 2:
+        raise ValueError(f"images of size {size[0]}x{size[1]} are too small for n_cells={n_cells}: the masks are "
+                         f"reflect-padded by n_cells // 2 = {n_cells // 2} pixels, which needs more pixels per side; "
+                         "use fewer cells")
 
 
 def _similarities(sim: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], reference: torch.Tensor,
