@@ -113,7 +113,8 @@ def test_similarity_errors_say_what_was_given():
         ssim(torch.randn(2, 3, 4), torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="at least 3 wide; these are 2x2"):
         ssim(torch.randn(1, 1, 2, 2, 2), torch.randn(1, 1, 2, 2, 2))
-    with pytest.raises(ValueError, match="unknown similarity measure 'kendall'; allowed: spearman_abs, spearman"):
+    with pytest.raises(ValueError, match="unknown similarity measure 'kendall'. Allowed: 'cosine', 'pearson', "
+                                         "'spatial_spearman', 'spearman', 'spearman_abs', 'ssim'"):
         resolve_similarities(["spearman", "kendall"])
     with pytest.raises(ValueError, match="given twice"):
         resolve_similarities(["ssim", "ssim"])
@@ -185,7 +186,7 @@ def test_layer_and_argument_errors():
         ModelParameterRandomization(lp, layers=["encoder.conv9"])
     with pytest.raises(ValueError, match="'encoder.act1' \\(ReLU\\) has no parameters.*encoder.conv1"):
         ModelParameterRandomization(lp, layers=["encoder.act1"])
-    with pytest.raises(ValueError, match="unknown order 'top_down'; allowed: 'cascading', 'independent'"):
+    with pytest.raises(ValueError, match="unknown order 'top_down'. Allowed: 'bottom_up', 'cascading', 'independent'"):
         ModelParameterRandomization(lp, order="top_down")
     with pytest.raises(TypeError, match="must be a LayerPairAttribution; got Saliency"):
         ModelParameterRandomization(Saliency(model))
