@@ -333,18 +333,27 @@ class ModelParameterRandomization(Metric):
         if self._draws is None:  # the first attribution tells whether the method draws random numbers
             with seeded(self.seed):
                 before = rng_state()
-                attribution = pair.attribute(_inputs(x), **kwargs)
+                attribution = _whole_batch(pair, x, kwargs)
                 self._draws = _rng_moved(before, rng_state())
             if not self._draws:
-                return _as_units(attribution, kwargs)
-        if not self._draws:
-            return _as_units(pair.attribute(_inputs(x), **kwargs), kwargs)
-        rows = []
+                return attribution
+        elif not self._draws:
+            return _whole_batch(pair, x, kwargs)
+        rows, n = [], len(indices)
         for i, index in enumerate(indices.tolist()):
             with seeded(derive_seed(self.seed, "sample", index)):
-                rows.append(pair.attribute(_inputs(_sample(x, i, len(indices))),
-                                           **_sample(kwargs, i, len(indices), keys=("additional_forward_args",))))
+                rows.append(pair.attribute(_inputs(_sample(x, i, n)), **_sample_kwargs(kwargs, i, n)))
         return _as_units(torch.cat(rows), kwargs)
+
+
+def _whole_batch(pair: LayerPairAttribution, x: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The attribution of a batch that draws nothing. A batch of one runs as two copies of itself: PyTorch's CPU
+    kernels give a sample the same result in any batch of two or more, but take other code paths for a batch of
+    one, and the per-sample values must not depend on how the dataset was split into batches or over ranks."""
+    if len(x[0]) > 1:
+        return _as_units(pair.attribute(_inputs(x), **kwargs), kwargs)
+    twice = _sample_kwargs(kwargs, [0, 0], 1)
+    return _as_units(pair.attribute(_inputs(_sample(x, [0, 0], 1)), **twice)[:1], kwargs)
 
 
 class _Box:
@@ -358,16 +367,22 @@ def _inputs(x: tuple[Any, ...]) -> Any:
     return x[0] if len(x) == 1 else x
 
 
-def _sample(value: Any, i: int, n: int, keys: tuple[str, ...] | None = None) -> Any:
-    """Sample ``i`` of ``value``: tensors with a batch dimension ``n`` are sliced, containers recursively (for a
-    dict, only the entries named in ``keys``), anything else is shared."""
-    if isinstance(value, torch.Tensor):
-        return value[i:i + 1] if value.dim() > 0 and value.shape[0] == n else value
+def _sample(value: Any, rows: int | list[int], n: int) -> Any:
+    """Rows ``rows`` (one index: ``[i:i + 1]``) of every tensor with batch dimension ``n`` in ``value`` (a tensor, or
+    a tuple of them); anything else is shared."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[rows:rows + 1] if isinstance(rows, int) else value[rows]
     if isinstance(value, tuple):
-        return tuple(_sample(v, i, n) for v in value)
-    if isinstance(value, dict):
-        return {k: _sample(v, i, n) if keys is None or k in keys else v for k, v in value.items()}
+        return tuple(_sample(v, rows, n) for v in value)
     return value
+
+
+def _sample_kwargs(kwargs: dict[str, Any], rows: int | list[int], n: int) -> dict[str, Any]:
+    """The attribute arguments for some rows of the batch: ``additional_forward_args`` follows the samples (as in
+    Captum), every other argument (``baselines`` included) is shared."""
+    if kwargs.get("additional_forward_args") is None:
+        return kwargs
+    return {**kwargs, "additional_forward_args": _sample(kwargs["additional_forward_args"], rows, n)}
 
 
 def _as_units(attribution: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
