@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from scipy import stats
 from captum.attr import GradientShap, GuidedBackprop, InputXGradient, Saliency
 from torch import nn
 
@@ -17,8 +18,8 @@ from captum_layerpair import LayerPairAttribution
 from captum_layerpair.datasets import load_digits_images
 from captum_layerpair.models import ConvEncoder
 from captum_layerpair.sanity import ModelParameterRandomization
-from captum_layerpair.sanity.similarity import (cosine, pearson, resolve_similarities, spearman, spearman_abs,
-                                                ssim)
+from captum_layerpair.sanity.similarity import (cosine, pearson, resolve_similarities, spatial_spearman, spearman,
+                                                spearman_abs, ssim)
 
 matplotlib.use("Agg")
 
@@ -421,3 +422,41 @@ def test_random_model_baseline_and_randomisation_draw_the_same_parameters_for_a_
         for p, q in zip(own, twin.parameters(recurse=False)):
             assert torch.equal(p, q), name
         assert not all(torch.equal(p, q) for p, q in zip(own, model.get_submodule(name).parameters(recurse=False)))
+
+
+def test_a_measure_that_cannot_compare_the_source_fails_before_any_attribution(monkeypatch):
+    """"ssim" on a 1-D source (an MLP's hidden layer) fails at the first update with one line, before the first
+    attribution is computed (it used to fail only after every step's attribution)."""
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Linear(3, 2)).eval()
+    lp = LayerPairAttribution(model, "1", "2", method=Saliency)
+
+    def never(*args, **kwargs):
+        raise AssertionError("an attribution was computed before the measures were checked")
+
+    monkeypatch.setattr(LayerPairAttribution, "attribute", never)
+    check = ModelParameterRandomization(lp, similarity=("spearman_abs", "ssim"))
+    with pytest.raises(ValueError, match=r"^similarity measure 'ssim' compares spatial maps, so it needs a source "
+                                         r"with spatial dimensions; got source shape \(5,\) per sample"):
+        check.evaluate(torch.rand(4, 6))
+    with pytest.raises(ValueError, match="'spatial_spearman' compares spatial maps"):
+        ModelParameterRandomization(lp, similarity="spatial_spearman").update(torch.rand(4, 6))
+
+
+def test_batchnorm_whose_reset_changes_nothing_warns_that_statistics_did_not_change_either():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32, 2)).eval()  # statistics still (0, 1), affine parameters still (1, 0)
+    lp = LayerPairAttribution(model, "0", "4", method=Saliency)
+    with pytest.warns(UserWarning, match=r"'1' \(BatchNorm2d\) left its parameters unchanged \(running statistics "
+                                         r"included\), so this step cannot change"):
+        result = ModelParameterRandomization(lp, layers=["1"], similarity="cosine").evaluate(torch.rand(2, 1, 4, 4))
+    assert result.similarity["cosine"][0] == 1.0  # the warning told the truth
+
+
+def test_spatial_spearman_ignores_which_unit_and_channel_a_map_belongs_to():
+    a = torch.rand(3, 4, 5, 6, 6)
+    shuffled = a[:, torch.randperm(4)][:, :, torch.randperm(5)]
+    torch.testing.assert_close(spatial_spearman(a, shuffled), torch.ones(3, dtype=torch.float64))
+    assert (spearman_abs(a, shuffled) < 0.5).all()
+    maps, flipped = a.abs().sum((1, 2)).flatten(1).numpy(), a.flip(-1).abs().sum((1, 2)).flatten(1).numpy()
+    expected = [stats.spearmanr(m, f).statistic for m, f in zip(maps, flipped)]  # Spearman of sum_k sum_c |A|
+    torch.testing.assert_close(spatial_spearman(a, a.flip(-1)), torch.tensor(expected, dtype=torch.float64))

@@ -24,6 +24,8 @@ from captum_layerpair.models import ConvEncoder
 from captum_layerpair.sanity import ModelParameterRandomization
 
 N_SAMPLES = 9  # odd, so that DistributedSampler pads one rank with a repeated sample
+# A method that draws (each sample alone, with draws from its index) and a deterministic one run with
+# batch_invariant=True: both give bit-identical per-sample values in any batching.
 METHODS = {"GradientShap": (GradientShap, {"input_baselines": torch.zeros(3, 1, 8, 8), "n_samples": 3}),
            "InputXGradient": (InputXGradient, {})}
 
@@ -39,6 +41,7 @@ def problem() -> tuple[nn.Module, TensorDataset]:
 
 def check(model: nn.Module, method: type, **kwargs) -> ModelParameterRandomization:
     lp = LayerPairAttribution(model, "encoder.act1", "encoder.embed", method=method)
+    kwargs.setdefault("batch_invariant", method is InputXGradient)
     return ModelParameterRandomization(lp, similarity=("spearman_abs", "cosine"), seed=3, **kwargs)
 
 
@@ -46,25 +49,24 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     """One rank: each method over a padded DistributedSampler shard (evaluate), and over a padding-free shard fed
     to update() by hand; results and this rank's stderr (progress bars) go to ``out``."""
     torch.set_num_threads(1)
-    sys.stderr = open(Path(out) / f"stderr{rank}.txt", "w")  # noqa: SIM115 (closed with the process)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        model, dataset = problem()
-        results = {}
-        for name, (method, kwargs) in METHODS.items():
-            sampler = DistributedSampler(IndexedDataset(dataset), shuffle=True, seed=1)
-            loader = DataLoader(IndexedDataset(dataset), batch_size=2, sampler=sampler)
-            results[name] = check(model, method, show_progress=True).evaluate(loader, **kwargs)
-            metric = check(model, method)
-            for batch in DataLoader(Subset(IndexedDataset(dataset), shard_indices(N_SAMPLES)), batch_size=4):
-                inputs, indices = split_batch(batch)
-                metric.update(inputs, indices=indices, **kwargs)
-            results[f"{name} update"] = metric.compute()
-        torch.save({key: (r.indices, r.per_sample, r.similarity) for key, r in results.items()},
-                   Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-        sys.stderr.flush()
+    with open(Path(out) / f"stderr{rank}.txt", "w") as sys.stderr:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        try:
+            model, dataset = problem()
+            results = {}
+            for name, (method, kwargs) in METHODS.items():
+                sampler = DistributedSampler(IndexedDataset(dataset), shuffle=True, seed=1)
+                loader = DataLoader(IndexedDataset(dataset), batch_size=2, sampler=sampler)
+                results[name] = check(model, method, show_progress=True).evaluate(loader, **kwargs)
+                metric = check(model, method)
+                for batch in DataLoader(Subset(IndexedDataset(dataset), shard_indices(N_SAMPLES)), batch_size=4):
+                    inputs, indices = split_batch(batch)
+                    metric.update(inputs, indices=indices, **kwargs)
+                results[f"{name} update"] = metric.compute()
+            torch.save({key: (r.indices, r.per_sample, r.similarity) for key, r in results.items()},
+                       Path(out) / f"rank{rank}.pt")
+        finally:
+            dist.destroy_process_group()
 
 
 def free_port() -> int:
@@ -100,6 +102,17 @@ def test_draws_and_results_do_not_depend_on_batching_or_sample_order():
         assert torch.equal(batched.indices, whole.indices)
         for measure in whole.per_sample:
             assert torch.equal(batched.per_sample[measure], whole.per_sample[measure])
+
+
+def test_whole_batch_methods_agree_across_batchings_up_to_rounding():
+    """Without batch_invariant a deterministic method runs on whole batches: per-sample values then agree across
+    batchings up to float rounding (kernels may round a sample differently in batches of other sizes)."""
+    model, dataset = problem()
+    whole = check(model, InputXGradient, batch_invariant=False).evaluate(dataset.tensors[0])
+    batched = check(model, InputXGradient, batch_invariant=False).evaluate(
+        DataLoader(IndexedDataset(dataset), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    for measure in whole.per_sample:
+        torch.testing.assert_close(batched.per_sample[measure], whole.per_sample[measure], rtol=0, atol=1e-5)
 
 
 def test_a_sample_is_compared_on_draws_of_its_own():
