@@ -15,6 +15,7 @@ from captum.attr import GradientShap, GuidedBackprop, InputXGradient, Saliency
 from torch import nn
 
 from captum_layerpair import LayerPairAttribution
+from captum_layerpair._random import seeded
 from captum_layerpair.datasets import load_digits_images
 from captum_layerpair.models import ConvEncoder
 from captum_layerpair.sanity import ModelParameterRandomization
@@ -28,7 +29,8 @@ def encoder_with_head(seed: int = 0) -> nn.Sequential:
     """``ConvEncoder`` (8x8 input, 4-d embedding) followed by a 10-class head, so modules run after the embedding."""
     model = nn.Sequential()
     model.add_module("encoder", ConvEncoder(1, embed_dim=4, image_size=8, seed=seed))
-    model.add_module("head", nn.Linear(4, 10))
+    with seeded(seed):
+        model.add_module("head", nn.Linear(4, 10))
     return model.eval()
 
 
@@ -460,3 +462,30 @@ def test_spatial_spearman_ignores_which_unit_and_channel_a_map_belongs_to():
     maps, flipped = a.abs().sum((1, 2)).flatten(1).numpy(), a.flip(-1).abs().sum((1, 2)).flatten(1).numpy()
     expected = [stats.spearmanr(m, f).statistic for m, f in zip(maps, flipped)]  # Spearman of sum_k sum_c |A|
     torch.testing.assert_close(spatial_spearman(a, a.flip(-1)), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_activation_map_is_the_source_activation_and_explains_attributions_of_a_uniform_linear_pair():
+    """Between ``act`` and the target every weight is the same positive number, so the gradient is constant:
+    InputXGradient = w * a and IntegratedGradients from a black image = w * (a - a(black)), which the activation
+    maps match exactly in rank."""
+    from captum.attr import IntegratedGradients
+
+    from captum_layerpair.sanity.references import activation_map
+
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 1)).eval()
+    with torch.no_grad():
+        model[2].weight.fill_(0.5)
+    x = torch.rand(4, 1, 5, 5)
+    with torch.no_grad():
+        a, a_black = model[1](model[0](x)), model[1](model[0](torch.zeros(1, 1, 5, 5)))
+    lp = LayerPairAttribution(model, "1", "2", method=InputXGradient)
+    plain, shifted = activation_map(lp, x, 2), activation_map(lp, x, 2, input_baselines=0.0)
+    assert plain.shape == (4, 2, 3, 5, 5)
+    torch.testing.assert_close(plain, a.abs()[:, None].expand(4, 2, 3, 5, 5))
+    torch.testing.assert_close(shifted, (a - a_black).abs()[:, None].expand(4, 2, 3, 5, 5))
+    ones = torch.ones(4, dtype=torch.float64)
+    torch.testing.assert_close(spearman_abs(lp.attribute(x), plain), ones)
+    ig = LayerPairAttribution(model, "1", "2", method=IntegratedGradients).attribute(
+        x, input_baselines=torch.zeros(1, 1, 5, 5), n_steps=4)
+    torch.testing.assert_close(spearman_abs(ig, shifted), ones)
+    assert (spearman_abs(ig, plain) < 0.99).all()

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from torchmetrics import MetricCollection
 
 from captum_layerpair import LayerPairAttribution
+from captum_layerpair._random import seeded
 from captum_layerpair.distributed import IndexedDataset, shard_indices, split_batch
 from captum_layerpair.models import ConvEncoder
 from captum_layerpair.sanity import ModelParameterRandomization
@@ -34,7 +35,8 @@ def problem() -> tuple[nn.Module, TensorDataset]:
     """A small encoder with a head after the embedding, and nine 8x8 images (the same in every process)."""
     model = nn.Sequential()
     model.add_module("encoder", ConvEncoder(1, embed_dim=4, image_size=8, seed=0))
-    model.add_module("head", nn.Linear(4, 3))
+    with seeded(0):
+        model.add_module("head", nn.Linear(4, 3))
     images = torch.rand(N_SAMPLES, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     return model.eval(), TensorDataset(images, torch.zeros(N_SAMPLES))
 
