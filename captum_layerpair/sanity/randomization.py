@@ -22,12 +22,12 @@ from torchmetrics.utilities import dim_zero_cat
 from tqdm import tqdm
 
 from captum_layerpair._checks import check_choice
-from captum_layerpair._random import RNGState, derive_seed, rng_state, seeded
 from captum_layerpair._reinit import reinitialize
 from captum_layerpair._typing import LayerSpec
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
 from captum_layerpair.distributed import get_rank, get_world_size, split_batch
 from captum_layerpair.layers import resolve_layer
+from captum_layerpair.sanity._per_sample import BatchingFreeAttribution, unique_sorted
 from captum_layerpair.sanity._schedule import Step, parameterised_names, schedule
 from captum_layerpair.sanity.result import ORDERS, POSITIONS, RandomizationResult
 from captum_layerpair.sanity.similarity import SimilaritySpec, check_sources, resolve_similarities
@@ -128,9 +128,7 @@ class ModelParameterRandomization(Metric):
         self.add_state("sample_indices", default=[], dist_reduce_fx="cat")
         self.add_state("sample_values", default=[], dist_reduce_fx="cat")  # [B * n_measures * n_layers] per update
         self._steps: list[Step] | None = None  # fixed by the first update after a reset
-        # Whether samples are attributed one at a time: always with batch_invariant, else where the method draws
-        # random numbers (found at the first attribution).
-        self._alone: bool | None = True if batch_invariant else None
+        self._attributor = BatchingFreeAttribution(seed, alone=True if batch_invariant else None)
         self._warned: set[str] = set()
         self._next_index = 0  # the default dataset index of the next sample
         self._in_forward = False
@@ -191,7 +189,7 @@ class ModelParameterRandomization(Metric):
             raise ValueError("no samples to summarise: update() was never called since the last reset")
         indices = dim_zero_cat(self.sample_indices).to("cpu", torch.int64)
         values = dim_zero_cat(self.sample_values).to("cpu", torch.float64)
-        indices, rows = _unique_sorted(indices)
+        indices, rows = unique_sorted(indices)
         values = values.reshape(-1, len(self.measures), len(self._steps))[rows]  # [N, n_measures, n_layers]
         per_sample = {measure: values[:, j].T.contiguous() for j, measure in enumerate(self.measures)}
         return RandomizationResult(
@@ -253,7 +251,7 @@ class ModelParameterRandomization(Metric):
             finally:
                 kept, self._kept, self._bar = self._kept, None, None
         if kept:
-            indices, rows = _unique_sorted(torch.cat([k[0] for k in kept]))
+            indices, rows = unique_sorted(torch.cat([k[0] for k in kept]))
             result.original = torch.cat([k[1] for k in kept])[rows]
             result.randomized = [torch.cat(step)[rows] for step in zip(*(k[2] for k in kept))]
         return result
@@ -278,14 +276,14 @@ class ModelParameterRandomization(Metric):
             bar.refresh()
         trained_state = ({key: value.clone() for key, value in model.state_dict().items()}
                          if self.order == "independent" else None)
-        original = self._attribute(pair, x, indices, attribute_kwargs)
+        original = self._attributor(pair, x, indices, attribute_kwargs)
         values = torch.empty(len(indices), len(self.measures), len(steps), dtype=torch.float64)
         kept = []
         for i, step in enumerate(steps):
             if trained_state is not None:
                 model.load_state_dict(trained_state)
             self._reinitialize(model.get_submodule(step.name), step)
-            attribution = self._attribute(pair, x, indices, attribute_kwargs)
+            attribution = self._attributor(pair, x, indices, attribute_kwargs)
             for j, (measure, fn) in enumerate(self.measures.items()):
                 values[:, j, i] = _per_sample_values(measure, fn(original, attribution), len(indices))
             if self._kept is not None:
@@ -335,80 +333,12 @@ class ModelParameterRandomization(Metric):
             warnings.warn(f"re-initialising {step.name!r} ({type(module).__name__}) left its parameters unchanged"
                           f"{statistics_too}, so this step cannot change the attribution", stacklevel=2)
 
-    def _attribute(self, pair: LayerPairAttribution, x: tuple[Any, ...], indices: torch.Tensor,
-                   kwargs: dict[str, Any]) -> torch.Tensor:
-        """The attribution ``[B, K, *source_shape]``; where the method draws, each sample's draws come from
-        ``(seed, its dataset index)`` alone."""
-        if self._alone is None:  # the first attribution tells whether the method draws random numbers
-            with seeded(self.seed):
-                before = rng_state()
-                attribution = pair.attribute(_inputs(x), **kwargs)
-                self._alone = _rng_moved(before, rng_state())
-            if not self._alone:
-                return _as_units(attribution, kwargs)
-        elif not self._alone:
-            return _as_units(pair.attribute(_inputs(x), **kwargs), kwargs)
-        rows, n = [], len(indices)
-        for i, index in enumerate(indices.tolist()):
-            with seeded(derive_seed(self.seed, "sample", index)):
-                rows.append(pair.attribute(_inputs(_sample(x, i, n)), **_sample_kwargs(kwargs, i, n)))
-        return _as_units(torch.cat(rows), kwargs)
-
 
 class _Box:
     """Hides the result from torchmetrics' collection traversal (squeeze, clone)."""
 
     def __init__(self, value: RandomizationResult) -> None:
         self.value = value
-
-
-def _inputs(x: tuple[Any, ...]) -> Any:
-    return x[0] if len(x) == 1 else x
-
-
-def _sample(value: Any, i: int, n: int) -> Any:
-    """Row ``i`` (kept as a batch of one) of every tensor with batch dimension ``n`` in ``value`` (a tensor or a
-    tuple); anything else is shared."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[i:i + 1]
-    if isinstance(value, tuple):
-        return tuple(_sample(v, i, n) for v in value)
-    return value
-
-
-def _sample_kwargs(kwargs: dict[str, Any], i: int, n: int) -> dict[str, Any]:
-    """The attribute arguments for sample ``i``: ``additional_forward_args`` follows the samples (as in Captum),
-    every other argument (``baselines`` included) is shared."""
-    if kwargs.get("additional_forward_args") is None:
-        return kwargs
-    return {**kwargs, "additional_forward_args": _sample(kwargs["additional_forward_args"], i, n)}
-
-
-def _as_units(attribution: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    """``[B, K, *source_shape]``, detached: an int target's ``[B, *source_shape]`` gets its unit dimension back."""
-    target = kwargs.get("target")
-    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
-        attribution = attribution.unsqueeze(1)
-    return attribution.detach()
-
-
-def _rng_moved(before: RNGState, after: RNGState) -> bool:
-    """Whether any global RNG (torch CPU / CUDA, NumPy, Python) advanced between two captured states."""
-    if not torch.equal(before.torch_cpu, after.torch_cpu) or before.python != after.python:
-        return True
-    if (before.torch_cuda is None) != (after.torch_cuda is None) or any(
-            not torch.equal(a, b) for a, b in zip(before.torch_cuda or [], after.torch_cuda or [])):
-        return True
-    return any(not (a == b).all() if hasattr(a, "shape") else a != b for a, b in zip(before.numpy, after.numpy))
-
-
-def _unique_sorted(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct indices, ascending, and the row of each one's first occurrence."""
-    order = torch.argsort(indices, stable=True)
-    ordered = indices[order]
-    first = torch.ones(len(ordered), dtype=torch.bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    return ordered[first], order[first]
 
 
 def _per_sample_values(measure: str, values: Any, n: int) -> torch.Tensor:
