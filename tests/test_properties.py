@@ -249,16 +249,23 @@ def test_reinitialising_a_module_between_source_and_target_changes_gradient_attr
     assert (after - before).abs().max() > 1e-6 * scale
 
 
-@given(architectures(), st.sampled_from(["zeros", "random"]), st.data())
-def test_integrated_gradients_completeness_per_unit_against_the_subnetwork(arch, baseline, data):
+def completeness_case(arch: Arch, baseline: str, data: st.DataObject,
+                      method: type) -> tuple[LayerPairAttribution, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random layer pair with ``method``, the inputs, a zero or random source baseline ``b`` and the
+    independently computed ``g(a) - g(b)`` ``[N, K]``."""
     model, x, order = build(arch)
     source, target = draw_pair(data, order)
     a = source_value(model, x, source)
     b = torch.zeros_like(a) if baseline == "zeros" else torch.randn(a.shape, dtype=a.dtype)
-    lp = LayerPairAttribution(model, source, target, method=IntegratedGradients)
-    A, delta = lp.attribute(x, baselines=b, n_steps=64, return_convergence_delta=True)
     with torch.no_grad():
-        difference = g(model, x, source, target, a) - g(model, x, source, target, b)  # [N, K]
+        difference = g(model, x, source, target, a) - g(model, x, source, target, b)
+    return LayerPairAttribution(model, source, target, method=method), x, b, difference
+
+
+@given(architectures(), st.sampled_from(["zeros", "random"]), st.data())
+def test_integrated_gradients_completeness_per_unit_against_the_subnetwork(arch, baseline, data):
+    lp, x, b, difference = completeness_case(arch, baseline, data, IntegratedGradients)
+    A, delta = lp.attribute(x, baselines=b, n_steps=64, return_convergence_delta=True)
     assert delta.shape == difference.shape
     torch.testing.assert_close(A.flatten(2).sum(2), difference + delta, rtol=1e-7, atol=1e-9)
     if arch.activation == "tanh":  # smooth: the Riemann sum converges, so the delta itself is small
@@ -267,14 +274,8 @@ def test_integrated_gradients_completeness_per_unit_against_the_subnetwork(arch,
 
 @given(architectures(), st.sampled_from(["zeros", "random"]), st.data())
 def test_deeplift_sums_to_the_difference_from_the_baseline(arch, baseline, data):
-    model, x, order = build(arch)
-    source, target = draw_pair(data, order)
-    a = source_value(model, x, source)
-    b = torch.zeros_like(a) if baseline == "zeros" else torch.randn(a.shape, dtype=a.dtype)
-    A, delta = LayerPairAttribution(model, source, target, method=DeepLift).attribute(
-        x, baselines=b, return_convergence_delta=True)
-    with torch.no_grad():
-        difference = g(model, x, source, target, a) - g(model, x, source, target, b)
+    lp, x, b, difference = completeness_case(arch, baseline, data, DeepLift)
+    A, delta = lp.attribute(x, baselines=b, return_convergence_delta=True)
     torch.testing.assert_close(A.flatten(2).sum(2), difference, rtol=1e-6, atol=1e-8)
     assert delta.abs().max() <= 1e-6 * (1 + difference.abs().max())
 
@@ -394,3 +395,27 @@ def test_randomisation_keeps_attributions_until_a_module_before_the_target_chang
     n_after = expected.count("after_target")
     for values in result.similarity.values():
         assert torch.equal(values[:n_after], torch.ones(n_after, dtype=torch.float64))
+
+
+@given(architectures(), st.sampled_from(["InputXGradient", "GradientShap"]), st.data())
+def test_randomisation_per_sample_values_do_not_depend_on_the_batching(arch, method, data):
+    """Split the batch anywhere, feed the parts in any order with their dataset indices: every per-sample
+    similarity is bit-identical to the one-batch run, for a drawing method (each sample alone, with draws from its
+    index) and for a deterministic one with ``batch_invariant=True``."""
+    model, x, layer_order = build(arch)
+    source, target = draw_pair(data, layer_order)
+    cls, kwargs = PLAIN_METHODS[method]
+    if method == "GradientShap":
+        kwargs = {**kwargs, "baselines": torch.zeros_like(source_value(model, x, source)[:1])}
+    lp = LayerPairAttribution(model, source, target, method=cls)
+    options = {"similarity": ("spearman", "cosine"), "batch_invariant": method == "InputXGradient"}
+    whole = ModelParameterRandomization(lp, **options).evaluate(x, **kwargs)
+    split = data.draw(st.integers(0, len(x)), label="split")
+    check = ModelParameterRandomization(lp, **options)
+    for part in (range(split, len(x)), range(split)):
+        if len(part):
+            check.update(x[part.start:part.stop], indices=list(part), **kwargs)
+    parts = check.compute()
+    assert torch.equal(parts.indices, whole.indices)
+    for measure, values in whole.per_sample.items():
+        assert torch.equal(parts.per_sample[measure], values)

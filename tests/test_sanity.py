@@ -10,15 +10,17 @@ import warnings
 
 import pytest
 import torch
+from scipy import stats
 from captum.attr import GradientShap, GuidedBackprop, InputXGradient, Saliency
 from torch import nn
 
 from captum_layerpair import LayerPairAttribution
+from captum_layerpair._random import seeded
 from captum_layerpair.datasets import load_digits_images
 from captum_layerpair.models import ConvEncoder
 from captum_layerpair.sanity import ModelParameterRandomization
-from captum_layerpair.sanity.similarity import (cosine, pearson, resolve_similarities, spearman, spearman_abs,
-                                                ssim)
+from captum_layerpair.sanity.similarity import (cosine, pearson, resolve_similarities, spatial_spearman, spearman,
+                                                spearman_abs, ssim)
 
 matplotlib.use("Agg")
 
@@ -27,7 +29,8 @@ def encoder_with_head(seed: int = 0) -> nn.Sequential:
     """``ConvEncoder`` (8x8 input, 4-d embedding) followed by a 10-class head, so modules run after the embedding."""
     model = nn.Sequential()
     model.add_module("encoder", ConvEncoder(1, embed_dim=4, image_size=8, seed=seed))
-    model.add_module("head", nn.Linear(4, 10))
+    with seeded(seed):
+        model.add_module("head", nn.Linear(4, 10))
     return model.eval()
 
 
@@ -113,7 +116,8 @@ def test_similarity_errors_say_what_was_given():
         ssim(torch.randn(2, 3, 4), torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="at least 3 wide; these are 2x2"):
         ssim(torch.randn(1, 1, 2, 2, 2), torch.randn(1, 1, 2, 2, 2))
-    with pytest.raises(ValueError, match="unknown similarity measure 'kendall'; allowed: spearman_abs, spearman"):
+    with pytest.raises(ValueError, match="unknown similarity measure 'kendall'. Allowed: 'cosine', 'pearson', "
+                                         "'spatial_spearman', 'spearman', 'spearman_abs', 'ssim'"):
         resolve_similarities(["spearman", "kendall"])
     with pytest.raises(ValueError, match="given twice"):
         resolve_similarities(["ssim", "ssim"])
@@ -185,7 +189,7 @@ def test_layer_and_argument_errors():
         ModelParameterRandomization(lp, layers=["encoder.conv9"])
     with pytest.raises(ValueError, match="'encoder.act1' \\(ReLU\\) has no parameters.*encoder.conv1"):
         ModelParameterRandomization(lp, layers=["encoder.act1"])
-    with pytest.raises(ValueError, match="unknown order 'top_down'; allowed: 'cascading', 'independent'"):
+    with pytest.raises(ValueError, match="unknown order 'top_down'. Allowed: 'bottom_up', 'cascading', 'independent'"):
         ModelParameterRandomization(lp, order="top_down")
     with pytest.raises(TypeError, match="must be a LayerPairAttribution; got Saliency"):
         ModelParameterRandomization(Saliency(model))
@@ -420,3 +424,68 @@ def test_random_model_baseline_and_randomisation_draw_the_same_parameters_for_a_
         for p, q in zip(own, twin.parameters(recurse=False)):
             assert torch.equal(p, q), name
         assert not all(torch.equal(p, q) for p, q in zip(own, model.get_submodule(name).parameters(recurse=False)))
+
+
+def test_a_measure_that_cannot_compare_the_source_fails_before_any_attribution(monkeypatch):
+    """"ssim" on a 1-D source (an MLP's hidden layer) fails at the first update with one line, before the first
+    attribution is computed (it used to fail only after every step's attribution)."""
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Linear(3, 2)).eval()
+    lp = LayerPairAttribution(model, "1", "2", method=Saliency)
+
+    def never(*args, **kwargs):
+        raise AssertionError("an attribution was computed before the measures were checked")
+
+    monkeypatch.setattr(LayerPairAttribution, "attribute", never)
+    check = ModelParameterRandomization(lp, similarity=("spearman_abs", "ssim"))
+    with pytest.raises(ValueError, match=r"^similarity measure 'ssim' compares spatial maps, so it needs a source "
+                                         r"with spatial dimensions; got source shape \(5,\) per sample"):
+        check.evaluate(torch.rand(4, 6))
+    with pytest.raises(ValueError, match="'spatial_spearman' compares spatial maps"):
+        ModelParameterRandomization(lp, similarity="spatial_spearman").update(torch.rand(4, 6))
+
+
+def test_batchnorm_whose_reset_changes_nothing_warns_that_statistics_did_not_change_either():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32, 2)).eval()  # statistics still (0, 1), affine parameters still (1, 0)
+    lp = LayerPairAttribution(model, "0", "4", method=Saliency)
+    with pytest.warns(UserWarning, match=r"'1' \(BatchNorm2d\) left its parameters unchanged \(running statistics "
+                                         r"included\), so this step cannot change"):
+        result = ModelParameterRandomization(lp, layers=["1"], similarity="cosine").evaluate(torch.rand(2, 1, 4, 4))
+    assert result.similarity["cosine"][0] == 1.0  # the warning told the truth
+
+
+def test_spatial_spearman_ignores_which_unit_and_channel_a_map_belongs_to():
+    a = torch.rand(3, 4, 5, 6, 6)
+    shuffled = a[:, torch.randperm(4)][:, :, torch.randperm(5)]
+    torch.testing.assert_close(spatial_spearman(a, shuffled), torch.ones(3, dtype=torch.float64))
+    assert (spearman_abs(a, shuffled) < 0.5).all()
+    maps, flipped = a.abs().sum((1, 2)).flatten(1).numpy(), a.flip(-1).abs().sum((1, 2)).flatten(1).numpy()
+    expected = [stats.spearmanr(m, f).statistic for m, f in zip(maps, flipped)]  # Spearman of sum_k sum_c |A|
+    torch.testing.assert_close(spatial_spearman(a, a.flip(-1)), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_activation_map_is_the_source_activation_and_explains_attributions_of_a_uniform_linear_pair():
+    """Between ``act`` and the target every weight is the same positive number, so the gradient is constant:
+    InputXGradient = w * a and IntegratedGradients from a black image = w * (a - a(black)), which the activation
+    maps match exactly in rank."""
+    from captum.attr import IntegratedGradients
+
+    from captum_layerpair.sanity.references import activation_map
+
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 1)).eval()
+    with torch.no_grad():
+        model[2].weight.fill_(0.5)
+    x = torch.rand(4, 1, 5, 5)
+    with torch.no_grad():
+        a, a_black = model[1](model[0](x)), model[1](model[0](torch.zeros(1, 1, 5, 5)))
+    lp = LayerPairAttribution(model, "1", "2", method=InputXGradient)
+    plain, shifted = activation_map(lp, x, 2), activation_map(lp, x, 2, input_baselines=0.0)
+    assert plain.shape == (4, 2, 3, 5, 5)
+    torch.testing.assert_close(plain, a.abs()[:, None].expand(4, 2, 3, 5, 5))
+    torch.testing.assert_close(shifted, (a - a_black).abs()[:, None].expand(4, 2, 3, 5, 5))
+    ones = torch.ones(4, dtype=torch.float64)
+    torch.testing.assert_close(spearman_abs(lp.attribute(x), plain), ones)
+    ig = LayerPairAttribution(model, "1", "2", method=IntegratedGradients).attribute(
+        x, input_baselines=torch.zeros(1, 1, 5, 5), n_steps=4)
+    torch.testing.assert_close(spearman_abs(ig, shifted), ones)
+    assert (spearman_abs(ig, plain) < 0.99).all()
