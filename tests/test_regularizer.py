@@ -132,7 +132,7 @@ def test_regularizer_errors():
         LatentScoreRegularizer(model, "conv2", "embed", 0.0, 0.0)
     with pytest.raises(ValueError, match="disentanglement_weight must be a number >= 0, got -1"):
         LatentScoreRegularizer(model, "conv2", "embed", 1.0, -1)
-    with pytest.raises(ValueError, match="unknown method 'saliency'; allowed"):
+    with pytest.raises(ValueError, match="unknown method 'saliency'. Allowed: 'gradient_x_activation', 'paper_expected_gradients'"):
         LatentScoreRegularizer(model, "conv2", "embed", method="saliency")
     with pytest.raises(ValueError, match="takes no method_kwargs \\['n_samples'\\]"):
         LatentScoreRegularizer(model, "conv2", "embed", method_kwargs={"n_samples": 3})
