@@ -1,16 +1,12 @@
 """Latent scores: formulas against independent re-computations and known answers, the metric classes, their
-dataset accumulation (also across torch.distributed ranks), baselines and error messages."""
+dataset accumulation, baselines and error messages (across torch.distributed processes: test_distributed_scores.py)."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from captum.attr import InputXGradient
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -274,25 +270,3 @@ def test_accumulator_errors():
         acc.update(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="1 non-finite"):
         acc.update(torch.tensor([0.1, float("nan")]))
-
-
-def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        acc = ScoreAccumulator()
-        values = torch.arange(3 + rank, dtype=torch.float64) + 10 * rank  # rank 0: 0 1 2; rank 1: 10 .. 13
-        acc.update(values, indices=torch.arange(3 * rank, 3 * rank + len(values)))  # dataset indices 0 .. 6
-        summary = acc.compute()
-        torch.save((summary.mean, summary.std, summary.values), os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_accumulator_state_reduces_across_distributed_ranks():
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_distributed_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        results = [torch.load(os.path.join(tmp, f"{rank}.pt")) for rank in range(2)]
-    everything = torch.tensor([0.0, 1, 2, 10, 11, 12, 13])
-    for mean, std, values in results:
-        assert torch.equal(values, everything)
-        assert mean == pytest.approx(everything.mean().item()) and std == pytest.approx(everything.std().item())
