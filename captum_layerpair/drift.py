@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from captum_layerpair._checks import check_probability
 from captum_layerpair.metrics import LatentScore, split_batch
 
 __all__ = ["DriftResult", "DriftDetector"]
@@ -91,9 +92,8 @@ class DriftDetector:
         if not callable(getattr(score, "score", None)):
             raise TypeError(f"score must be an InformativenessScore (anything with score(inputs) -> [N]), got "
                             f"{type(score).__name__}")
-        for name, value in (("false_alarm_rate", false_alarm_rate), ("calibration_fraction", calibration_fraction)):
-            if not 0 < value < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        check_probability("false_alarm_rate", false_alarm_rate)
+        check_probability("calibration_fraction", calibration_fraction)
         if n_bootstrap < 100:
             raise ValueError(f"n_bootstrap must be >= 100 for a usable quantile, got {n_bootstrap}")
         self.score = score

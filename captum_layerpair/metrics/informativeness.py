@@ -184,8 +184,8 @@ class InformativenessScore(LatentScore):
         self.combine = combine
         self.calibrate = calibrate
 
-    def options(self) -> dict[str, Any]:
-        return {**super().options(), "n_noise": self.n_noise, "combine": self.combine, "calibrate": self.calibrate}
+    def _options(self) -> dict[str, Any]:
+        return {**super()._options(), "n_noise": self.n_noise, "combine": self.combine, "calibrate": self.calibrate}
 
     def score_parts(self, attribute: Attribute, inputs: torch.Tensor, indices: torch.Tensor | None = None,
                     seed: int | None = None) -> ScoreParts:

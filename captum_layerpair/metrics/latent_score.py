@@ -108,13 +108,13 @@ class LatentScore(PerSampleMetric):
         self.noise = noise
         self.seed = seed
         self.attribute_kwargs = dict(attribute_kwargs or {})
-        self.on_noise = False
+        self._on_noise = False
         self._metric_kwargs = metric_kwargs
         self._last_batch: tuple[torch.Tensor, ScoreParts] | None = None
 
     # ---- what a score defines --------------------------------------------------------------------------------------
 
-    def options(self) -> dict[str, Any]:
+    def _options(self) -> dict[str, Any]:
         """The constructor's keyword arguments (besides ``layer_pair``), to build the same score elsewhere."""
         return {"transform": self.transform, "normalization": self.normalization, "noise": self.noise,
                 "seed": self.seed, "attribute_kwargs": self.attribute_kwargs}
@@ -154,7 +154,7 @@ class LatentScore(PerSampleMetric):
         else:
             index = torch.arange(len(inputs)) if given is None else as_indices(len(inputs), given)
         check_finite("inputs", inputs)
-        if self.on_noise:
+        if self._on_noise:
             inputs = make_noise(inputs, self.noise, self.seed, index, stream="null")
         first = int(index[0]) if len(index) else 0
         parts = self.score_parts(self._attribution(first, attribute_kwargs), inputs, index, self.seed)
@@ -202,10 +202,15 @@ class LatentScore(PerSampleMetric):
     # ---- one call over a dataset -----------------------------------------------------------------------------------
 
     def _copy(self, seed: int, layer_pair: LayerPairAttribution | None = None, on_noise: bool = False) -> LatentScore:
-        """A fresh score with the same options (no state) on ``layer_pair``, seeded with ``seed``."""
-        copy = type(self)(layer_pair or self.layer_pair, **{**self.options(), "seed": seed}, **self._metric_kwargs)
-        copy.on_noise = on_noise
-        return copy.to(self.device)
+        """A fresh score with the same options (no state) on ``layer_pair``, seeded with ``seed``, its state on this
+        score's device, or on the model's where this score is on the CPU (an NCCL group gathers CUDA tensors only)."""
+        copy = type(self)(layer_pair or self.layer_pair, **{**self._options(), "seed": seed}, **self._metric_kwargs)
+        copy._on_noise = on_noise
+        device = self.device
+        model = self.layer_pair.forward_func
+        if device.type == "cpu" and isinstance(model, torch.nn.Module):
+            device = next(model.parameters(), torch.zeros(())).device
+        return copy.to(device)
 
     def _null_in_states(self) -> bool:
         """Whether ``compute()`` already gives the ``null`` baseline (a calibrated score computes it anyway)."""
