@@ -146,8 +146,6 @@ class LatentScore(PerSampleMetric):
     def _batch(self, batch: Any, indices: Any, attribute_kwargs: dict[str, Any],
                next_indices: bool = False) -> tuple[torch.Tensor, ScoreParts]:
         inputs, batch_indices = split_batch(batch)
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs must be a tensor [N, ...], got {type(inputs).__name__}")
         given = indices if indices is not None else batch_indices
         if next_indices:
             index = self._next_indices(len(inputs), given)
