@@ -6,14 +6,15 @@ A layer-pair attribution ``A`` has shape ``[N, K, C, *spatial]`` for a convoluti
 """
 from __future__ import annotations
 
-from typing import Literal, Union
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
-__all__ = ["TRANSFORMS", "NORMALIZATIONS", "aggregate", "apply_transform", "normalize"]
+from captum_layerpair._checks import check_choice
+from captum_layerpair._typing import Transform
 
-Transform = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+__all__ = ["TRANSFORMS", "NORMALIZATIONS", "aggregate", "apply_transform", "normalize"]
 
 TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs": torch.abs,
@@ -22,19 +23,32 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "square": torch.square,
 }
 
-NORMALIZATIONS = ("minmax", "max")
+
+def _minmax(flat: torch.Tensor) -> torch.Tensor:
+    """``(m - min m) / (max m - min m)`` over the last dimension, 0 where the map is constant."""
+    lo = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - lo
+    return torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(flat))
+
+
+def _max(flat: torch.Tensor) -> torch.Tensor:
+    """``m / max |m|`` over the last dimension, 0 where the map is 0 everywhere (smooth almost everywhere)."""
+    peak = flat.abs().amax(-1, keepdim=True)
+    return torch.where(peak > 0, flat / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(flat))
+
+
+NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"minmax": _minmax, "max": _max}
+"""Normalisations nu of a map, each ``[..., P] -> [..., P]`` over the last dimension."""
 
 
 def apply_transform(A: torch.Tensor, transform: Transform = "abs") -> torch.Tensor:
     """Apply the element-wise transform tau (``"abs"``, ``"sqrt"``, ``"lin"``, ``"square"`` or a callable)."""
-    if callable(transform):
-        out = transform(A)
-        if not isinstance(out, torch.Tensor) or out.shape != A.shape:
-            raise ValueError("a callable transform must return a tensor of the same shape as its input")
-        return out
-    if transform not in TRANSFORMS:
-        raise ValueError(f"unknown transform {transform!r}; allowed: {sorted(TRANSFORMS)} or a callable")
-    return TRANSFORMS[transform](A)
+    function = check_choice("transform", transform, TRANSFORMS, allow_callable=True)
+    out = function(A)
+    if not isinstance(out, torch.Tensor) or out.shape != A.shape:
+        raise ValueError("a callable transform must return a tensor of the same shape as its input")
+    return out
 
 
 def aggregate(
@@ -80,15 +94,5 @@ def normalize(maps: torch.Tensor, normalization: str = "minmax", start_dim: int 
 
     ``maps`` is e.g. ``[N, K, H, W]`` with ``start_dim=2``; the output has the same shape.
     """
-    flat = maps.flatten(start_dim)
-    if normalization == "minmax":
-        lo = flat.amin(-1, keepdim=True)
-        span = flat.amax(-1, keepdim=True) - lo
-        out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                          torch.zeros_like(flat))
-    elif normalization == "max":
-        peak = flat.abs().amax(-1, keepdim=True)
-        out = torch.where(peak > 0, flat / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(flat))
-    else:
-        raise ValueError(f"unknown normalization {normalization!r}; allowed: {list(NORMALIZATIONS)}")
-    return out.view_as(maps)
+    function = check_choice("normalization", normalization, NORMALIZATIONS)
+    return function(maps.flatten(start_dim)).view_as(maps)

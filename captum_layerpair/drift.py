@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from captum_layerpair.metrics._latent import LatentScore, batch_inputs
+from captum_layerpair._checks import check_probability
+from captum_layerpair.metrics import LatentScore, split_batch
 
 __all__ = ["DriftResult", "DriftDetector"]
 
@@ -91,9 +92,8 @@ class DriftDetector:
         if not callable(getattr(score, "score", None)):
             raise TypeError(f"score must be an InformativenessScore (anything with score(inputs) -> [N]), got "
                             f"{type(score).__name__}")
-        for name, value in (("false_alarm_rate", false_alarm_rate), ("calibration_fraction", calibration_fraction)):
-            if not 0 < value < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        check_probability("false_alarm_rate", false_alarm_rate)
+        check_probability("calibration_fraction", calibration_fraction)
         if n_bootstrap < 100:
             raise ValueError(f"n_bootstrap must be >= 100 for a usable quantile, got {n_bootstrap}")
         self.score = score
@@ -106,11 +106,20 @@ class DriftDetector:
         self.calibration_changes: torch.Tensor | None = None
         self.sample_threshold: float | None = None
         self._batch_null: dict[int, torch.Tensor] = {}
+        self._n_fitted = 0
 
     def _scores(self, loader: Iterable[Any]) -> torch.Tensor:
-        values = []
+        values, seen = [], self._n_fitted
         for batch in loader:
-            values.append(self.score.score(batch_inputs(batch), **self.attribute_kwargs).detach().cpu().double())
+            inputs, indices = split_batch(batch)
+            if isinstance(self.score, LatentScore):  # each reference sample gets its own noise draw
+                indices = torch.arange(seen, seen + len(inputs)) if indices is None else indices
+                scores = self.score.score(inputs, indices=indices, **self.attribute_kwargs)
+            else:
+                scores = self.score.score(inputs, **self.attribute_kwargs)
+            values.append(scores.detach().cpu().double())
+            seen += len(inputs)
+        self._n_fitted = seen
         if not values:
             raise ValueError("the reference loader yielded no batches")
         return torch.cat(values)
@@ -126,6 +135,7 @@ class DriftDetector:
             Separate clean batches for the thresholds; without it ``calibration_fraction`` of the reference
             samples are held out.
         """
+        self._n_fitted = 0
         reference = self._scores(reference_loader)
         if calibration_loader is None:
             gen = torch.Generator().manual_seed(self.seed)
@@ -162,7 +172,12 @@ class DriftDetector:
         """Relative informativeness change ``(I_ref - I(x)) / I_ref`` of a batch ``inputs [N, ...]``."""
         if self.reference_mean is None:
             raise RuntimeError("call fit(reference_loader) before relative_change()")
-        per_sample = (self.reference_mean - self.score.score(inputs, **self.attribute_kwargs).double().cpu())
+        if isinstance(self.score, LatentScore):  # noise draws of their own, not those of the reference samples
+            start = self._n_fitted
+            scores = self.score.score(inputs, indices=torch.arange(start, start + len(inputs)), **self.attribute_kwargs)
+        else:
+            scores = self.score.score(inputs, **self.attribute_kwargs)
+        per_sample = self.reference_mean - scores.double().cpu()
         per_sample = per_sample / self.reference_mean
         null = self._null_means(len(per_sample))
         mean = float(per_sample.mean())

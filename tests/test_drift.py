@@ -77,7 +77,7 @@ def test_detector_runs_on_informativeness_of_a_layer_pair():
 def test_drift_detector_errors():
     with pytest.raises(TypeError, match="got int"):
         DriftDetector(3)
-    with pytest.raises(ValueError, match="false_alarm_rate must be in \\(0, 1\\), got 1.5"):
+    with pytest.raises(ValueError, match="false_alarm_rate must lie in \\(0, 1\\), got 1.5"):
         DriftDetector(MeanScore(), false_alarm_rate=1.5)
     with pytest.raises(RuntimeError, match="call fit"):
         DriftDetector(MeanScore()).relative_change(torch.ones(2, 1))

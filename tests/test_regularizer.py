@@ -132,7 +132,8 @@ def test_regularizer_errors():
         LatentScoreRegularizer(model, "conv2", "embed", 0.0, 0.0)
     with pytest.raises(ValueError, match="disentanglement_weight must be a number >= 0, got -1"):
         LatentScoreRegularizer(model, "conv2", "embed", 1.0, -1)
-    with pytest.raises(ValueError, match="unknown method 'saliency'; allowed"):
+    with pytest.raises(ValueError,
+                       match="unknown method 'saliency'. Allowed: 'gradient_x_activation', 'paper_expected_gradients'"):
         LatentScoreRegularizer(model, "conv2", "embed", method="saliency")
     with pytest.raises(ValueError, match="takes no method_kwargs \\['n_samples'\\]"):
         LatentScoreRegularizer(model, "conv2", "embed", method_kwargs={"n_samples": 3})
@@ -151,3 +152,46 @@ def test_regularizer_errors():
             torch.rand(2, 1, 8, 8))
     with pytest.raises(ValueError, match="NaN or inf"):
         LatentScoreRegularizer(model, "conv2", "embed")(torch.full((2, 1, 8, 8), float("nan")))
+
+
+def test_weights_by_score_name_equal_the_two_weight_arguments():
+    model, x, xi = tiny_encoder(), torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    legacy = LatentScoreRegularizer(model, "conv2", "embed", 0.3, 2.0, noise=fixed(xi))
+    named = LatentScoreRegularizer(model, "conv2", "embed", weights={"informativeness": 0.3, "disentanglement": 2.0},
+                                   noise=fixed(xi))
+    assert torch.equal(named(x), legacy(x)) and named.last_scores.keys() == legacy.last_scores.keys()
+    only_d = LatentScoreRegularizer(model, "conv2", "embed", weights={"disentanglement": 1.0})
+    assert torch.equal(only_d(x), LatentScoreRegularizer(model, "conv2", "embed", 0.0, 1.0)(x))
+    assert set(only_d.last_scores) == {"disentanglement"} and only_d.informativeness_weight == 0.0
+
+
+def test_noise_comes_from_the_regularizer_seed_and_leaves_the_global_rng_alone():
+    model, x = tiny_encoder(), torch.rand(4, 1, 8, 8)
+    first, second = (LatentScoreRegularizer(model, "conv2", "embed", 1.0, 0.0, seed=3) for _ in range(2))
+    state = torch.get_rng_state()
+    terms = [first(x), first(x)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(second(x), terms[0]) and not torch.equal(terms[0], terms[1])  # fresh noise on every call
+    other = LatentScoreRegularizer(model, "conv2", "embed", 1.0, 0.0, seed=4)
+    assert not torch.equal(other(x), terms[0])
+
+
+def test_calibrated_informativeness_term_is_differentiable():
+    model = tiny_encoder()
+    reg = LatentScoreRegularizer(model, "conv2", "embed", weights={"informativeness": 1.0}, calibrate=True,
+                                 noise="shuffle")
+    term = reg(torch.rand(3, 1, 8, 8))
+    term.backward()
+    assert torch.isfinite(term) and model.conv1.weight.grad.abs().sum() > 0
+
+
+def test_weights_errors():
+    model = tiny_encoder()
+    with pytest.raises(ValueError, match="unknown score 'informativness'. Did you mean: 'informativeness'"):
+        LatentScoreRegularizer(model, "conv2", "embed", weights={"informativness": 1.0})
+    with pytest.raises(ValueError, match="give either weights"):
+        LatentScoreRegularizer(model, "conv2", "embed", 1.0, weights={"informativeness": 1.0})
+    with pytest.raises(ValueError, match="every weight is 0"):
+        LatentScoreRegularizer(model, "conv2", "embed", weights={"informativeness": 0.0})
+    with pytest.raises(ValueError, match=r"weights\['disentanglement'\] must be a number >= 0, got -2"):
+        LatentScoreRegularizer(model, "conv2", "embed", weights={"disentanglement": -2})

@@ -410,7 +410,7 @@ def test_plot_has_a_line_per_measure_labelled_axes_and_shaded_regions():
 
 def test_random_model_baseline_and_randomisation_draw_the_same_parameters_for_a_module_and_seed():
     from captum_layerpair._reinit import module_seed, reinitialize
-    from captum_layerpair.metrics._latent import randomized_copy
+    from captum_layerpair.metrics import random_model_pair as randomized_copy
 
     model = encoder_with_head()
     lp = LayerPairAttribution(model, "encoder.conv2", "encoder.embed", method=Saliency)

@@ -5,6 +5,10 @@ For one sample with per-unit maps ``M_k`` (the channel-aggregated layer-pair att
 dimension ``k``, SPEC section 3), ``D(x) = mean_p Var_k(nu(M_k)(p))``: the population variance over the K units
 of the normalised maps, averaged over positions ``p``. It is 0 when all units attend alike and largest when each
 unit attends to its own region.
+
+What D measures is how *spatially different* the units' maps are, not factor-level disentanglement such as MIG:
+mixing the embedding's dimensions (a rotation) changes MIG much more than D, and random encoders can score higher
+than trained ones (issue 13). Read it as "do the units look at different places".
 """
 from __future__ import annotations
 
@@ -12,9 +16,12 @@ from typing import Any
 
 import torch
 
-from captum_layerpair.aggregation import Transform, normalize
+from captum_layerpair._checks import check_choice
+from captum_layerpair._typing import Noise, Transform
+from captum_layerpair.aggregation import NORMALIZATIONS, normalize
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
-from captum_layerpair.metrics._latent import LatentScore, Noise, check_attributions, check_normalization, unit_maps
+from captum_layerpair.metrics.latent_score import Attribute, LatentScore, ScoreParts
+from captum_layerpair.metrics.maps import check_attributions, unit_maps
 
 __all__ = ["disentanglement_score", "DisentanglementScore"]
 
@@ -37,16 +44,19 @@ def disentanglement_score(A: torch.Tensor, transform: Transform = "abs", normali
     ``[N]`` per-sample scores; differentiable where ``A`` is.
     """
     check_attributions(A)
-    check_normalization(normalization)
+    check_choice("normalization", normalization, NORMALIZATIONS)
     if A.shape[1] < 2:
         raise ValueError(f"disentanglement needs K >= 2 target units (the variance over one unit is undefined); "
                          f"got A of shape {tuple(A.shape)} with K = {A.shape[1]}")
-    maps = normalize(unit_maps(A, transform), normalization, start_dim=2)  # [N, K, *P]
-    return maps.var(dim=1, correction=0).flatten(1).mean(1)
+    maps = normalize(unit_maps(A, transform), normalization, start_dim=2)  # [N, K, P]
+    return maps.var(dim=1, correction=0).mean(1)
 
 
 class DisentanglementScore(LatentScore):
     """Disentanglement of a layer pair's target units (SPEC section 4), per sample and over datasets.
+
+    A ``torchmetrics.Metric``: ``update(batch)``, ``compute() -> ScoreSummary``, ``reset()``; works in a
+    ``MetricCollection``, in Lightning and across ``torch.distributed`` processes.
 
     Parameters
     ----------
@@ -55,8 +65,10 @@ class DisentanglementScore(LatentScore):
     transform, normalization:
         As in :func:`disentanglement_score`.
     noise:
-        How the ``null`` baseline of :meth:`evaluate` draws its noise inputs (``"uniform"``, ``"gaussian"`` or a
-        callable, as for ``InformativenessScore``).
+        How the ``null`` baseline of :meth:`evaluate` draws its noise inputs (``"uniform"``, ``"gaussian"``,
+        ``"shuffle"`` or a callable, as for ``InformativenessScore``).
+    seed, attribute_kwargs, **metric_kwargs:
+        As for every latent score (see ``LatentScore``).
 
     Examples
     --------
@@ -71,10 +83,11 @@ class DisentanglementScore(LatentScore):
     description = "do different embedding dimensions attend to different places?"
 
     def __init__(self, layer_pair: LayerPairAttribution, transform: Transform = "abs",
-                 normalization: str = "minmax", noise: Noise = "uniform") -> None:
-        super().__init__(layer_pair, transform, normalization, noise)
+                 normalization: str = "minmax", noise: Noise = "uniform", seed: int = 0,
+                 attribute_kwargs: dict[str, Any] | None = None, **metric_kwargs: Any) -> None:
+        super().__init__(layer_pair, transform, normalization, noise, seed, attribute_kwargs, **metric_kwargs)
 
-    def score(self, inputs: torch.Tensor, **attribute_kwargs: Any) -> torch.Tensor:
-        """Per-sample ``D`` ``[N]`` of ``inputs [N, ...]``; ``attribute_kwargs`` go to ``layer_pair.attribute``."""
-        A = self.layer_pair.attribute(inputs, **attribute_kwargs)
-        return disentanglement_score(A, self.transform, self.normalization).detach()
+    def score_parts(self, attribute: Attribute, inputs: torch.Tensor, indices: torch.Tensor | None = None,
+                    seed: int | None = None) -> ScoreParts:
+        """``D`` per sample of ``inputs [N, ...]`` (no random draws)."""
+        return ScoreParts(disentanglement_score(attribute(inputs), self.transform, self.normalization))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from captum_layerpair.metrics.disentanglement import DisentanglementScore
 from captum_layerpair.metrics.informativeness import InformativenessScore
+from captum_layerpair.metrics.latent_score import LatentScore
 
 __all__ = ["SCORES"]
 
-SCORES: dict[str, type] = {cls.name: cls for cls in (InformativenessScore, DisentanglementScore)}
+SCORES: dict[str, type[LatentScore]] = {cls.name: cls for cls in (InformativenessScore, DisentanglementScore)}
