@@ -4,7 +4,7 @@ Latent scores are ``torchmetrics.Metric``s (``update`` / ``compute`` / ``reset``
 ``evaluate(loader)``), listed in ``SCORES``; each has a functional form on precomputed attributions.
 """
 from captum_layerpair.metrics.disentanglement import DisentanglementScore, disentanglement_score
-from captum_layerpair.metrics.indexing import Indexed, IndexedDataset, ShardSampler, shard_loader, split_batch
+from captum_layerpair.distributed import Indexed, IndexedDataset, ShardSampler, shard_loader, split_batch
 from captum_layerpair.metrics.informativeness import (COMBINES, InformativenessScore, calibrated_informativeness_score,
                                                       calibrated_ratio, informativeness_score)
 from captum_layerpair.metrics.latent_score import Attribute, LatentScore, ScoreParts

@@ -29,7 +29,7 @@ from captum_layerpair._random import derive_seed, seeded
 from captum_layerpair._typing import Noise, Transform
 from captum_layerpair.aggregation import NORMALIZATIONS, TRANSFORMS
 from captum_layerpair.attr.layer_pair import LayerPairAttribution
-from captum_layerpair.metrics.indexing import process_rank, split_batch
+from captum_layerpair.distributed import get_rank, split_batch
 from captum_layerpair.metrics.maps import check_attributions
 from captum_layerpair.metrics.noise import check_noise, make_noise
 from captum_layerpair.metrics.per_sample import PerSampleMetric, as_indices
@@ -252,7 +252,7 @@ class LatentScore(PerSampleMetric):
             runs["null"] = self._copy(seed, on_noise=True)
         total = len(dataloader) if hasattr(dataloader, "__len__") else None
         progress = tqdm(dataloader, total=total, desc=f"{self.name} score", unit="batch",
-                        disable=not show_progress or process_rank() != 0)
+                        disable=not show_progress or get_rank() != 0)
         for batch in progress:
             inputs, indices = split_batch(batch)
             indices = runs["main"]._next_indices(len(inputs), indices)
