@@ -14,12 +14,14 @@ import torch
 from captum.attr import (DeepLift, FeatureAblation, GuidedBackprop, InputXGradient, IntegratedGradients,
                          LayerGradientXActivation, LayerIntegratedGradients, NeuronGradient,
                          NeuronIntegratedGradients, Saliency)
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from captum_layerpair import LayerPairAttribution, aggregate
 from captum_layerpair._hooks import capture_layers
 from captum_layerpair.layers import Layer, LayerPair, reduce_target, resolve_layer
-from captum_layerpair.sequence_models import GRUEncoder, SequenceTransformer, TinyViT
+from captum_layerpair.sequence_models import GRUEncoder, SequenceTransformer, TinyViT, TransformerBlock
 
 CAPTUM_ATTRIBUTES = ("input", "output", "input_ref")
 
@@ -442,3 +444,100 @@ def test_capture_layers_honours_selectors_and_copies_values_changed_in_place_lat
     s = torch.randn(2, 3, 4, dtype=torch.double)
     _, (outputs,) = capture_layers(gru, (s,), [resolve_layer(gru, "gru[0]", "captured")])
     assert torch.equal(outputs, gru.gru(gru.proj(s))[0])
+
+
+# ---------------------------------------------------------------- hypothesis: random transformer / GRU stacks
+
+class Stack(nn.Module):
+    """``inp`` (linear per token), then transformer blocks and GRUs in the given order, then ``out`` on the last
+    token. A GRU returns a tuple: its layer is ``layers.i[0]``."""
+
+    def __init__(self, kinds, dim, heads, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.kinds = kinds
+        self.inp = nn.Linear(3, dim)
+        self.layers = nn.ModuleList(TransformerBlock(dim, heads) if kind == "transformer" else
+                                    nn.GRU(dim, dim, batch_first=True) for kind in kinds)
+        self.out = nn.Linear(dim, 2)
+
+    def step(self, i, h):
+        return self.layers[i](h) if self.kinds[i] == "transformer" else self.layers[i](h)[0]
+
+    def forward(self, x):
+        h = self.inp(x)
+        for i in range(len(self.kinds)):
+            h = self.step(i, h)
+        return self.out(h[:, -1])
+
+    def replaced(self, source, a, target):
+        """Hand-written: the target layer's output with the output of layer ``source`` (-1: ``inp``) replaced by
+        ``a``; every layer is sequential, so nothing before the source matters."""
+        h = a
+        for i in range(source + 1, target + 1):
+            h = self.step(i, h)
+        return h
+
+    def attention_replaced(self, x, block, a, target):
+        h = self.inp(x)
+        for i in range(block):
+            h = self.step(i, h)
+        t = h + a
+        h = t + self.layers[block].mlp(self.layers[block].ln2(t))
+        for i in range(block + 1, target + 1):
+            h = self.step(i, h)
+        return h
+
+
+EXPECTED_K = {  # (reduction, target layout) -> K for a [N, L, D] target
+    ("sum", "channels_last"): lambda L, D: D, ("mean", "channels_last"): lambda L, D: D,
+    ("first_token", "channels_last"): lambda L, D: D, ("last_token", "channels_last"): lambda L, D: D,
+    ("sum", "channels_first"): lambda L, D: L, ("first_token", "channels_first"): lambda L, D: L,
+    ("none", "channels_last"): lambda L, D: L * D, ("none", "channels_first"): lambda L, D: L * D,
+}
+REDUCE = {
+    ("sum", "channels_last"): lambda T: T.sum(1), ("mean", "channels_last"): lambda T: T.mean(1),
+    ("first_token", "channels_last"): lambda T: T[:, 0], ("last_token", "channels_last"): lambda T: T[:, -1],
+    ("sum", "channels_first"): lambda T: T.sum(2), ("first_token", "channels_first"): lambda T: T[:, :, 0],
+    ("none", "channels_last"): lambda T: T.flatten(1), ("none", "channels_first"): lambda T: T.flatten(1),
+}
+
+
+@given(st.data())
+def test_random_transformer_and_gru_stacks_give_channels_last_shapes_and_exact_gradients(data):
+    kinds = tuple(data.draw(st.lists(st.sampled_from(["transformer", "gru"]), min_size=1, max_size=3), "kinds"))
+    heads = data.draw(st.sampled_from([1, 2]), "heads")
+    dim = heads * data.draw(st.integers(2, 3), "dim per head")
+    length, batch = data.draw(st.integers(2, 5), "length"), data.draw(st.integers(1, 3), "batch")
+    net = Stack(kinds, dim, heads, data.draw(st.integers(0, 1000), "seed")).double().eval()
+    x = torch.randn(batch, length, 3, dtype=torch.double)
+
+    sources = [("inp", (-1, None))]
+    for i, kind in enumerate(kinds):
+        if kind == "transformer":
+            sources += [(f"layers.{i}", (i, None)), (f"layers.{i}.attn[0]", (i, "attn"))]
+        else:
+            sources += [(f"layers.{i}[0]", (i, None)), ((f"layers.{i}", lambda out: out[0]), (i, None))]
+    source_name, (where, part) = data.draw(st.sampled_from(sources), "source")
+    target = data.draw(st.integers(max(where, 0) if part == "attn" else where + 1, len(kinds) - 1)
+                       if (part == "attn" or where + 1 <= len(kinds) - 1) else st.nothing(), "target")
+    target_name = f"layers.{target}" if kinds[target] == "transformer" else f"layers.{target}[0]"
+    reduction, layout = data.draw(st.sampled_from(sorted(EXPECTED_K)), "reduction, target layout")
+    method = data.draw(st.sampled_from([Saliency, LayerGradientXActivation]), "method")
+
+    lp = LayerPairAttribution(net, source_name, target_name, method=method, target_reduction=reduction,
+                              source_layout="channels_last", target_layout=layout)
+    A = lp.attribute(x, **({"abs": False} if method is Saliency else {}))
+    K = EXPECTED_K[(reduction, layout)](length, dim)
+    assert A.shape == (batch, K, length, dim)
+    assert aggregate(A, "abs", "channels", lp.source.layout).shape == (batch, K, length)
+    assert aggregate(A, "abs", "space", lp.source.layout).shape == (batch, K, dim)
+
+    value = lp.source_activations(x)
+    if part == "attn":
+        g = lambda v: REDUCE[(reduction, layout)](net.attention_replaced(x, where, v, target))  # noqa: E731
+    else:
+        g = lambda v: REDUCE[(reduction, layout)](net.replaced(where, v, target))  # noqa: E731
+    expected = per_unit_gradients(g, value) * (1 if method is Saliency else value[:, None])
+    assert rel_err(A, expected) < 1e-5
+    assert hook_count(net) == 0
