@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 from captum.attr import (DeepLift, FeatureAblation, GuidedBackprop, InputXGradient, IntegratedGradients,
-                         LayerGradientXActivation, LayerIntegratedGradients, NeuronGradient,
-                         NeuronIntegratedGradients, Saliency)
+                         LayerDeepLift, LayerGradientXActivation, LayerIntegratedGradients, NeuronGradient,
+                         NeuronIntegratedGradients, NoiseTunnel, Saliency)
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -237,6 +237,18 @@ def test_in_place_operations_after_the_source_match_hand_written_reference(op, m
     assert torch.equal(lp.source_activations(x), a)
 
 
+def test_layer_method_attributing_to_the_source_input_equals_captum_on_the_layer_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(3, 4, dtype=torch.double)
+    ours = LayerPairAttribution(model, "2", "4", method=LayerIntegratedGradients).attribute(
+        x, attribute_to_source_input=True, n_steps=8)
+    for k in range(3):
+        ref = LayerIntegratedGradients(lambda inp, k=k: model(inp)[:, k], model[2]).attribute(
+            x, attribute_to_layer_input=True, n_steps=8)
+        assert rel_err(ours[:, k], ref) < 1e-5
+
+
 def test_source_input_changed_in_place_by_the_source_itself_is_read_before():
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)).double()
     x = torch.randn(3, 4, dtype=torch.double)
@@ -286,6 +298,40 @@ def test_module_hooking_methods_around_a_frozen_non_differentiable_prefix_match_
     for k in range(2):
         assert rel_err(A[:, k], method(g).attribute(a.clone(), target=k, additional_forward_args=skip)) < 1e-5
     assert leftover_attributes(model) == [] and hook_count(model) == 0
+
+
+class ToUnits(nn.Module):
+    """``model(x)``'s target layer output summed over positions, as a module holding the model (for Captum)."""
+
+    def __init__(self, model, target):
+        super().__init__()
+        self.model, self.target = model, target
+
+    def forward(self, x):
+        captured = {}
+        handle = self.target.register_forward_hook(lambda m, i, o: captured.setdefault("T", o))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return captured["T"].sum(dim=(2, 3))
+
+
+def test_layer_deeplift_and_noise_tunnel_deeplift_around_a_frozen_backbone():
+    model = FrozenBackbone().double().eval()
+    x = torch.randn(3, 1, 6, 6, dtype=torch.double)
+    ours = LayerPairAttribution(model, "source", "target", method=LayerDeepLift).attribute(x)
+    # Captum's own LayerDeepLift cannot run here (its hooks before the layer need inputs with gradients):
+    # the reference runs on a copy with every parameter and the input requiring gradients (same values)
+    unfrozen = copy.deepcopy(model).requires_grad_(True)
+    reference = LayerDeepLift(ToUnits(unfrozen, unfrozen.target), unfrozen.source)
+    for k in range(2):
+        assert rel_err(ours[:, k], reference.attribute(x.clone().requires_grad_(), target=k)) < 1e-5
+    assert leftover_attributes(model) == [] and hook_count(model) == 0
+    deeplift = LayerPairAttribution(model, "source", "target", method=DeepLift).attribute(x)
+    tunnel = LayerPairAttribution(model, "source", "target", method=lambda f: NoiseTunnel(DeepLift(f)))
+    assert rel_err(tunnel.attribute(x, nt_samples=2, stdevs=0.0), deeplift) < 1e-5
+    assert leftover_attributes(model) == []
 
 
 @pytest.mark.parametrize("first", [nn.Sigmoid, nn.ReLU])

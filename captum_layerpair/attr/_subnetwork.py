@@ -7,8 +7,8 @@ the target output to one scalar per target unit. Plain Captum methods attribute 
 output, the source's input and in-place operations after the source need nothing from Captum).
 
 Both are ``nn.Module``s holding the user's model, so module-hooking methods (DeepLift, GuidedBackprop) reach its
-non-linearities. ``SubNetwork.hook_downstream_only`` narrows what such a method hooks to the modules the source
-value flows into: the modules before the source (a frozen backbone, a leading ``nn.Sigmoid`` on inputs without
+non-linearities. ``hook_downstream_only`` narrows what such a method hooks to the modules the source value flows
+into: the modules before the source (a frozen backbone, a leading ``nn.Sigmoid`` on inputs without
 gradient) and those on paths that skip it compute constants of ``g_x``, as in a hand-written sub-network.
 """
 from __future__ import annotations
@@ -29,12 +29,31 @@ __all__ = ["SubNetwork", "ModelToTarget", "downstream_modules", "hooks_modules"]
 class _LayerPairFunction(nn.Module):
     """Shared state of the two functions: the model, the layers, the reduction and the selected units."""
 
-    def __init__(self, pair: LayerPair, n_inputs: int) -> None:
+    def __init__(self, pair: LayerPair, n_inputs: int, to_source_input: bool = False) -> None:
         super().__init__()
         self.model = pair.model  # registered as a child when it is a Module, so hooking methods see its layers
         self.pair = pair
         self.n_inputs = n_inputs
+        self.to_source_input = to_source_input  # the source value is the source layer's input
         self.units: torch.Tensor | None = None  # restrict the output to these units, e.g. for native paths
+
+    def model_inputs(self, *forward_args: Any) -> tuple[Any, ...]:
+        """The model's inputs among the arguments of ``forward``."""
+        return forward_args
+
+    def hook_downstream_only(self, *forward_args: Any) -> None:
+        """Show module-hooking methods only the leaf modules whose input depends on the source value.
+
+        Captum's DeepLift, GuidedBackprop and LayerDeepLift hook every module of the function they are given;
+        after this call (with the arguments ``forward`` will get) ``self.modules()`` holds this function and those
+        modules only (found with one forward), while ``forward`` still runs the whole model.
+        """
+        if not isinstance(self.model, nn.Module):
+            return
+        modules = downstream_modules(self.pair, self.model_inputs(*forward_args), self.to_source_input)
+        model = self._modules.pop("model", None) or self.model
+        object.__setattr__(self, "model", model)  # a plain attribute: no longer traversed by .modules()/.apply()
+        self.downstream = nn.ModuleList(modules)
 
 
 class SubNetwork(_LayerPairFunction):
@@ -45,23 +64,12 @@ class SubNetwork(_LayerPairFunction):
     ``SharedForward`` that evaluates all units once and replays them (see ``_shared_forward``).
     """
 
-    def __init__(self, *args: Any, to_source_input: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.to_source_input = to_source_input
         self.shared = None
 
-    def hook_downstream_only(self, a: torch.Tensor, rest: tuple[Any, ...]) -> None:
-        """Show module-hooking methods only the leaf modules whose input depends on the source value.
-
-        Captum's DeepLift and GuidedBackprop hook every module of the function they are given; after this call
-        ``self.modules()`` holds this function and those modules only (found with one forward on ``a``), while
-        ``forward`` still runs the whole model.
-        """
-        if not isinstance(self.model, nn.Module):
-            return
-        model = self._modules.pop("model", None) or self.model
-        object.__setattr__(self, "model", model)  # a plain attribute: no longer traversed by .modules()/.apply()
-        self.downstream = nn.ModuleList(downstream_modules(self.pair, a, rest, self.to_source_input))
+    def model_inputs(self, a: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
+        return rest
 
     def evaluate(self, a: torch.Tensor, rest: tuple[Any, ...]) -> torch.Tensor:
         """``g(a)`` for all target units (``[B, K]``), with no sharing."""
@@ -88,9 +96,8 @@ class ModelToTarget(_LayerPairFunction):
     module: Captum layer methods take ``layer=self.tap`` and read or replace the value there.
     """
 
-    def __init__(self, *args: Any, to_source_input: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.to_source_input = to_source_input
         self.tap = nn.Identity()
 
     def forward(self, *rest: Any) -> torch.Tensor:
@@ -99,12 +106,11 @@ class ModelToTarget(_LayerPairFunction):
         return out if self.units is None else out[:, self.units]
 
 
-def downstream_modules(pair: LayerPair, a: torch.Tensor, rest: tuple[Any, ...],
-                       to_source_input: bool = False) -> list[nn.Module]:
+def downstream_modules(pair: LayerPair, inputs: tuple[Any, ...], to_source_input: bool = False) -> list[nn.Module]:
     """The model's leaf modules (in call order) that receive a tensor depending on the source value.
 
-    One forward with the source value replaced by ``a`` as the only tensor that requires a gradient (parameters
-    and inputs held constant); the model's state comes back afterwards.
+    One forward on ``inputs`` with the source value as the only tensor that requires a gradient (parameters and
+    inputs held constant); the model's state comes back afterwards.
     """
     model = pair.model
     found: dict[int, nn.Module] = {}
@@ -114,12 +120,12 @@ def downstream_modules(pair: LayerPair, a: torch.Tensor, rest: tuple[Any, ...],
             found.setdefault(id(module), module)
 
     leaves = [module for module in model.modules() if next(module.children(), None) is None]
-    constants = tuple(arg.detach() if isinstance(arg, torch.Tensor) else arg for arg in rest)
+    constants = tuple(arg.detach() if isinstance(arg, torch.Tensor) else arg for arg in inputs)
     with model_state_preserved(model), torch.enable_grad(), \
             hooks_removed([leaf.register_forward_pre_hook(pre_hook) for leaf in leaves]):
         for param in model.parameters():
             param.requires_grad_(False)
-        pair.run(constants, replacement=a.detach().requires_grad_(), to_source_input=to_source_input)
+        pair.run(constants, replacement=lambda value: value.detach().requires_grad_(), to_source_input=to_source_input)
     return list(found.values())
 
 

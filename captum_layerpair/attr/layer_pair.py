@@ -270,14 +270,13 @@ class LayerPairAttribution(Attribution):
         size = target_batch_size or len(units)
         instance = job.build()
         is_native = not job.method.is_layer_method and isinstance(instance, NATIVE_MULTI_OUTPUT)
-        hooking = hooks_modules(instance)
-        if hooking and isinstance(job.function, SubNetwork):  # DeepLift, GuidedBackprop: hook g_x's modules only
-            job.function.hook_downstream_only(job.inputs[0], job.forward_args)
-        if not (hooking and job.method.is_layer_method) and isinstance(self.forward_func, nn.Module):
+        if hooks_modules(instance):  # DeepLift, GuidedBackprop, LayerDeepLift: hook only the modules after the source
+            job.function.hook_downstream_only(*job.inputs, *job.forward_args)
+        if isinstance(self.forward_func, nn.Module):
             # Captum differentiates w.r.t. our own copy of the source value (or the value at the tap) only: without
             # a graph for the parameters every backward pass is cheaper, and in-place operations of the model on
-            # tensors it would save for parameter gradients cannot break the backward pass. (Layer DeepLift hooks
-            # every module, also before the source, and keeps the flags.) The flags come back with the model state.
+            # tensors it would save for parameter gradients cannot break the backward pass. The flags come back
+            # with the model state.
             for param in self.forward_func.parameters():
                 param.requires_grad_(False)
         attrs, deltas = [], []
