@@ -160,3 +160,29 @@ def test_vit_patch_embedding_to_last_layer_mean(vit):
     A = LayerPairAttribution(vit, "embeddings.patch_embeddings", layers[-1], method=Saliency,
                              target_reduction="mean", target_layout="channels_last").attribute(x, abs=False)
     assert rel_err(A, per_unit_gradients(g, a)) < 1e-5
+
+
+def test_a_model_output_is_selected_by_key_or_position_and_the_rest_passes_on_unchanged(text):
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.bert, self.head = transformers.BertModel(config), torch.nn.Linear(16, 3)
+
+        def forward(self, ids, mask):
+            out = self.bert(ids, attention_mask=mask)  # a ModelOutput
+            return self.head(out.last_hidden_state[:, 0] + out["pooler_output"])
+
+    model = Classifier().double().eval()
+    ids, mask = text
+    expected = torch.zeros(3, 3, 9, 16, dtype=torch.double)
+    expected[:, :, 0] = model.head.weight  # g(a) = head(a[:, 0] + pooled), pooled kept from x
+    for source in ("bert['last_hidden_state']", "bert[0]", ("bert", lambda out: out.last_hidden_state)):
+        lp = LayerPairAttribution(model, source, "head", method=Saliency, source_layout="channels_last")
+        assert rel_err(lp.attribute(ids, additional_forward_args=(mask,), abs=False), expected) < 1e-12
+    pooled = LayerPairAttribution(model, "bert['pooler_output']", "head", method=Saliency)
+    assert rel_err(pooled.attribute(ids, additional_forward_args=(mask,), abs=False),
+                   model.head.weight.expand(3, 3, 16)) < 1e-12
