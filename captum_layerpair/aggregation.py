@@ -55,30 +55,41 @@ def aggregate(
     A: torch.Tensor,
     transform: Transform = "abs",
     over: Literal["channels", "space"] | None = "channels",
+    layout: Literal["channels_first", "channels_last"] = "channels_first",
 ) -> torch.Tensor:
     """Aggregate a layer-pair attribution.
 
     Parameters
     ----------
     A:
-        ``[N, K, C, *spatial]`` (convolutional source) or ``[N, K, F]`` (1-D source).
+        ``[N, K, C, *spatial]`` (convolutional source, ``layout="channels_first"``), ``[N, K, *positions, D]``
+        (token source such as a transformer's ``[N, L, D]``, ``layout="channels_last"``) or ``[N, K, F]``
+        (1-D source).
     transform:
         tau applied element-wise before summing: ``"abs"`` ``|a|``, ``"sqrt"`` ``sqrt(|a|)``, ``"lin"`` ``a``,
         ``"square"`` ``a**2``, or a callable returning a tensor of the same shape.
     over:
         ``"channels"``: ``M[n, k, *p] = sum_c tau(A[n, k, c, *p])``, shape ``[N, K, *spatial]`` (a spatial map
-        per target unit; for ``[N, K, F]`` this sums the features, giving ``[N, K]``).
-        ``"space"``: ``Q[n, k, c] = sum_p tau(A[n, k, c, p])``, shape ``[N, K, C]`` (the layer-pair matrix;
-        for ``[N, K, F]`` it is ``tau(A)`` itself).
+        per target unit; per-token maps ``[N, K, L]`` for a channels-last ``[N, K, L, D]``; for ``[N, K, F]``
+        this sums the features, giving ``[N, K]``).
+        ``"space"``: ``Q[n, k, c] = sum_p tau(A[n, k, c, p])``, shape ``[N, K, C]`` (the layer-pair matrix,
+        ``[N, K, D]`` for a channels-last source; for ``[N, K, F]`` it is ``tau(A)`` itself).
         ``None``: ``tau(A)``, same shape as ``A``.
+    layout:
+        Where the source's channels are: ``"channels_first"`` (dimension 2 of ``A``) or ``"channels_last"`` (the
+        last dimension), as ``LayerPairAttribution(..., source_layout=...)`` / ``lp.source.layout``.
     """
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor of shape [N, K, C, *spatial] or [N, K, F], got {type(A).__name__}")
     if A.dim() < 3:
         raise ValueError(f"A must have shape [N, K, C, *spatial] or [N, K, F]; got shape {tuple(A.shape)}")
+    if layout not in ("channels_first", "channels_last"):
+        raise ValueError(f"unknown layout {layout!r}; allowed: 'channels_first', 'channels_last'")
     T = apply_transform(A, transform)
     if over is None:
         return T
+    if layout == "channels_last":
+        T = T.movedim(-1, 2)
     if over == "channels":
         return T.sum(dim=2)
     if over == "space":

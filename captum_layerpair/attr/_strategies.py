@@ -78,7 +78,8 @@ def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
     shared = None
     if share_forwards:
         # DeepLift's backward hooks hold per-forward state that one backward pass consumes: batch all units in it
-        shared = SharedForward(batched_vjp=True if isinstance(instance, DeepLift) else None)
+        method = getattr(instance, "attribution_method", instance)  # also NoiseTunnel(DeepLift(...))
+        shared = SharedForward(batched_vjp=True if isinstance(method, DeepLift) else None)
     inputs = job.captum_inputs()
     if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
         inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag

@@ -16,8 +16,9 @@ from captum_layerpair._checks import check_choice, check_finite, check_positive_
 from captum_layerpair._model_state import model_state_preserved
 from captum_layerpair._typing import LayerSpec, TargetReduction
 from captum_layerpair.attr import _strategies
-from captum_layerpair.attr._methods import MODULE_HOOKING, NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
-from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork
+from captum_layerpair.attr._methods import NATIVE_MULTI_OUTPUT, MethodSpec, resolve_method
+from captum_layerpair._hooks import module_attributes_restored
+from captum_layerpair.attr._subnetwork import ModelToTarget, SubNetwork, hooks_modules
 from captum_layerpair.layers import Layer, LayerPair
 
 __all__ = ["LayerPairAttribution"]
@@ -51,13 +52,18 @@ class LayerPairAttribution(Attribution):
         The model (an ``nn.Module``; any callable when the layers are given as modules).
     source_layer, target_layer:
         ``nn.Module``s of the model or dotted names (``"layer1.0.conv1"``). The source must run before the
-        target completes, and each must run exactly once per forward pass and output a single tensor.
+        target completes, and each must run exactly once per forward pass. A layer whose value is a tuple or dict
+        (``nn.GRU``, ``nn.MultiheadAttention``, a VAE head) needs a selector of one tensor: ``"gru[0]"``,
+        ``"blocks.0.attn[0]"``, ``"head['mu']"``, or a pair ``(layer, selector)`` with an int, a key or a callable
+        ``value -> Tensor`` returning one of the value's tensors. Only the selected tensor of the source is
+        replaced; the rest of its value is passed on unchanged.
     method:
         A ``captum.attr`` class, its name, ``"paper_expected_gradients"``, or a factory callable
         ``forward_func -> Attribution`` (plain) / ``(forward_func, layer) -> Attribution`` (layer method).
     target_reduction:
-        ``"sum"`` (default) or ``"mean"`` over every dimension after the channel dimension (K = channels),
-        ``"none"`` (every element a unit, K = prod(T.shape[1:])), or a callable ``T -> [N, K]``.
+        ``"sum"`` (default) or ``"mean"`` over every position (K = channels), ``"first_token"`` /
+        ``"last_token"`` (the first / last position, e.g. the CLS token; K = channels), ``"none"`` (every element
+        a unit, K = prod(T.shape[1:])), or a callable ``T -> [N, K]``.
     method_kwargs:
         Default keyword arguments for the method's ``attribute`` (e.g. ``{"n_steps": 32}``).
     vectorize:
@@ -66,6 +72,13 @@ class LayerPairAttribution(Attribution):
     stop_at_target:
         End each forward pass once the target output is captured (turn off for models whose forward swallows
         exceptions).
+    source_layout, target_layout:
+        ``"channels_first"`` (``[N, C, *positions]``, the default) or ``"channels_last"`` (``[N, *positions, C]``,
+        e.g. the ``[N, L, D]`` tokens of a transformer): which dimension of the layer's value holds its units.
+        The target's layout decides what ``target_reduction`` reduces (``"sum"`` on a channels-last ``[N, L, D]``
+        target sums the tokens, K = D; ``"first_token"`` reads the CLS token); the source's layout is
+        ``lp.source.layout``, for ``aggregate(A, layout=...)`` and the scores. ``None`` keeps the layout of a
+        ``Layer`` given as the layer.
 
     Examples
     --------
@@ -83,9 +96,12 @@ class LayerPairAttribution(Attribution):
         method_kwargs: dict[str, Any] | None = None,
         vectorize: Vectorize = "auto",
         stop_at_target: bool = True,
+        source_layout: str | None = None,
+        target_layout: str | None = None,
     ) -> None:
         super().__init__(forward_func)
-        self.pair = LayerPair.build(forward_func, source_layer, target_layer, target_reduction, stop_at_target)
+        self.pair = LayerPair.build(forward_func, source_layer, target_layer, target_reduction, stop_at_target,
+                                    source_layout, target_layout)
         self.method = resolve_method(method)
         check_choice("vectorize", vectorize, VECTORIZE)
         self.method_kwargs = dict(method_kwargs or {})
@@ -225,7 +241,7 @@ class LayerPairAttribution(Attribution):
         if self.source_layer is self.target_layer and not attribute_to_source_input:
             raise ValueError(f"source and target are the same layer {self.source.name!r}; the source must come "
                              "strictly before the target (or use attribute_to_source_input=True)")
-        with model_state_preserved(self.forward_func):
+        with model_state_preserved(self.forward_func), module_attributes_restored(self.forward_func):
             with torch.no_grad():
                 record = self.pair.run((*x, *args), to_source_input=attribute_to_source_input, stop_at_target=False)
                 check_finite(f"the output of target layer {self.target.name!r} (check the model's weights and "
@@ -270,11 +286,10 @@ class LayerPairAttribution(Attribution):
     def _job(self, source_value: torch.Tensor, x: tuple[torch.Tensor, ...], args: tuple[Any, ...],
              kwargs: dict[str, Any], to_source_input: bool, return_delta: bool,
              show_progress: bool) -> _strategies.AttributionJob:
-        if self.method.is_layer_method:
-            if to_source_input:
-                kwargs = {**kwargs, "attribute_to_layer_input": True}
-            return _strategies.AttributionJob(self.method, ModelToTarget(self.pair, len(x)), self.source_layer, x,
-                                              args, kwargs, return_delta, show_progress)
+        if self.method.is_layer_method:  # Captum reads the source at the function's tap (an identity module)
+            model_to_target = ModelToTarget(self.pair, len(x), to_source_input=to_source_input)
+            return _strategies.AttributionJob(self.method, model_to_target, model_to_target.tap, x, args, kwargs,
+                                              return_delta, show_progress)
         function = SubNetwork(self.pair, len(x), to_source_input=to_source_input)
         return _strategies.AttributionJob(self.method, function, self.source_layer, (source_value.detach(),),
                                           (*x, *args), kwargs, return_delta, show_progress)
@@ -282,12 +297,15 @@ class LayerPairAttribution(Attribution):
     def _run_chunks(self, job: _strategies.AttributionJob, units: torch.Tensor, target_batch_size: int | None,
                     vectorize: str, show_progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         size = target_batch_size or len(units)
-        instance = None if job.method.is_layer_method else job.build()
-        is_native = isinstance(instance, NATIVE_MULTI_OUTPUT)
-        if instance is not None and not isinstance(instance, MODULE_HOOKING) and isinstance(self.forward_func,
-                                                                                            nn.Module):
-            # Plain methods differentiate w.r.t. our own copy of the source value only: without a graph for the
-            # parameters every backward pass is cheaper. The flags come back with the model state.
+        instance = job.build()
+        is_native = not job.method.is_layer_method and isinstance(instance, NATIVE_MULTI_OUTPUT)
+        if hooks_modules(instance):  # DeepLift, GuidedBackprop, LayerDeepLift: hook only the modules after the source
+            job.function.hook_downstream_only(*job.inputs, *job.forward_args)
+        if isinstance(self.forward_func, nn.Module):
+            # Captum differentiates w.r.t. our own copy of the source value (or the value at the tap) only: without
+            # a graph for the parameters every backward pass is cheaper, and in-place operations of the model on
+            # tensors it would save for parameter gradients cannot break the backward pass. The flags come back
+            # with the model state.
             for param in self.forward_func.parameters():
                 param.requires_grad_(False)
         attrs, deltas = [], []
