@@ -15,7 +15,7 @@ from captum_layerpair.flint import (
 @pytest.fixture
 def interp():
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    return Interpreter(SmallLeNet(batch_norm=True), "features", 5, x, attribute_activation="identity"), x
+    return Interpreter(SmallLeNet(batch_norm=True), "features", 5, x), x
 
 
 def test_total_variation_hand_value():

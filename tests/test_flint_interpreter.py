@@ -142,7 +142,7 @@ def test_several_layers_and_flat_layers_feed_the_default_psi(data):
     f = SmallLeNet(dropout=0.0)
     both = Interpreter(f, ["features.2", "features"], 6, x[:4])
     assert both.psi.merge is not None and both(x).attributes.shape == (24, 6)
-    flat = Interpreter(f, ["features", "classifier.2"], 6, x[:4], attribute_activation="leaky_relu")
+    flat = Interpreter(f, ["features", "classifier.2"], 6, x[:4], attribute_activation="relu")
     assert flat.psi.merge is None and flat(x).attributes.shape == (24, 6)
     assert isinstance(flat.psi, AttributeDictionary)
 

@@ -178,6 +178,7 @@ def test_metric_accumulates_like_a_recomputation_in_one_go(setup):
     assert report.fidelity == pytest.approx(float((g_pred == f_pred).float().mean()))
     assert report.conciseness == pytest.approx(tuple(conciseness(r).tolist()))
     assert report.active_attributes == int((out.attributes.max(0).values > 0).sum())
+    assert report.relevant_attributes == int((r.max(0).values > 0.5).sum())
     text = str(report)
     assert "fidelity" in text and "CNS_g" in text and "active attributes" in text
     metric = FLINTMetrics(interp)

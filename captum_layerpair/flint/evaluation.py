@@ -5,7 +5,9 @@ Paper definitions (section 4): fidelity is the share of samples where ``argmax g
 ``CNS_g(tau) = mean_x |{j : r_{j,x} > 1/tau}|`` with the local relevance ``r`` for g's predicted class
 (:func:`~captum_layerpair.flint.relevance.local_relevance`), for ``tau`` in {1.5, 2, 2.5, 3, 4, 5}; lower is more
 concise. The code's ``sparse_sense`` counts ``alpha_j > max(alpha)/tau`` (signed) instead. An attribute is
-*active* when ``max_x phi_j(x) > 0`` on the data (with ReLU attributes, an inactive one is 0 everywhere).
+*active* when ``max_x phi_j(x) > 0`` on the data (with ReLU attributes, an inactive one is 0 everywhere; with the
+authors' LeakyReLU, inactive ones are slightly negative everywhere), and *relevant* when ``r_{j,x} > 1/2`` for at
+least one sample (it enters some local interpretation at tau = 2).
 
 :class:`FLINTMetrics` accumulates all of it batch by batch as a ``torchmetrics.Metric`` (states summed, or maxed,
 across ``torch.distributed`` ranks); :func:`evaluate` runs it over a data set.
@@ -47,7 +49,8 @@ class FLINTReport:
 
     n: number of samples; acc_f / acc_g: accuracy of f and g (NaN without labels); fidelity: top-1 agreement of g
     with f; fidelity_top5: f's class within g's top 5 (top C when C < 5); taus and conciseness: ``CNS_g(tau)``;
-    active_attributes: attributes with ``max_x phi_j > 0``, of n_attributes.
+    active_attributes: attributes with ``max_x phi_j > 0``, of n_attributes; relevant_attributes: attributes with
+    ``r_{j,x} > 1/2`` for some sample.
     """
 
     n: int
@@ -58,6 +61,7 @@ class FLINTReport:
     taus: tuple[float, ...]
     conciseness: tuple[float, ...]
     active_attributes: int
+    relevant_attributes: int
     n_attributes: int
 
     def as_dict(self) -> dict:
@@ -68,7 +72,8 @@ class FLINTReport:
         return (f"FLINT on n = {self.n}: acc f {100 * self.acc_f:.2f} %, acc g {100 * self.acc_g:.2f} %, "
                 f"fidelity {100 * self.fidelity:.2f} % (top-5 {100 * self.fidelity_top5:.2f} %)\n"
                 f"  CNS_g(tau)  {cns}\n"
-                f"  active attributes {self.active_attributes} / {self.n_attributes}")
+                f"  active attributes {self.active_attributes} / {self.n_attributes}, relevant (r > 1/2 for some "
+                f"sample) {self.relevant_attributes}")
 
 
 class FLINTMetrics(Metric):
@@ -104,8 +109,9 @@ class FLINTMetrics(Metric):
         for name in ("n", "n_labelled", "correct_f", "correct_g", "agree", "agree_top5"):
             self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("cns_counts", torch.zeros(len(self.taus), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("attribute_max", torch.full((self.n_attributes,), -torch.inf, dtype=torch.float64),
-                       dist_reduce_fx="max")
+        for name in ("attribute_max", "relevance_max"):
+            self.add_state(name, torch.full((self.n_attributes,), -torch.inf, dtype=torch.float64),
+                           dist_reduce_fx="max")
 
     def update(self, out: InterpreterOutput, target: torch.Tensor | None = None) -> None:
         """Add one batch: the interpreter's output and (optionally) the labels ``[N]``."""
@@ -123,6 +129,7 @@ class FLINTMetrics(Metric):
         relevance = local_relevance(phi, self._head[0], g_logits.argmax(1))
         self.cns_counts += _counts(relevance.detach(), self.taus)
         self.attribute_max = torch.maximum(self.attribute_max, phi.amax(0).to(torch.float64))
+        self.relevance_max = torch.maximum(self.relevance_max, relevance.amax(0).to(torch.float64))
 
     def compute(self) -> FLINTReport:
         n, labelled = int(self.n), int(self.n_labelled)
@@ -134,7 +141,8 @@ class FLINTMetrics(Metric):
             acc_g=int(self.correct_g) / labelled if labelled else nan,
             fidelity=int(self.agree) / n, fidelity_top5=int(self.agree_top5) / n, taus=self.taus,
             conciseness=tuple(float(c) / n for c in self.cns_counts),
-            active_attributes=int((self.attribute_max > 0).sum()), n_attributes=self.n_attributes)
+            active_attributes=int((self.attribute_max > 0).sum()),
+            relevant_attributes=int((self.relevance_max > 0.5).sum()), n_attributes=self.n_attributes)
 
 
 def evaluate(interpreter: Interpreter, data: Data, taus: Sequence[float] = TAUS,

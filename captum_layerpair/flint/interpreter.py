@@ -34,11 +34,10 @@ from captum_layerpair.layers import Layer, resolve_layer
 __all__ = ["Interpreter", "InterpreterOutput", "AttributeDictionary", "ATTRIBUTE_ACTIVATIONS"]
 
 ATTRIBUTE_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,  # the authors' ResNet Psi (QuickDraw, CIFAR10, CUB)
-    "leaky_relu": nn.LeakyReLU,  # the authors' MNIST Psi: attributes may be slightly negative
-    "identity": nn.Identity,
+    "leaky_relu": nn.LeakyReLU,  # the authors' MNIST Psi (attr_MNIST): attributes may be slightly negative
+    "relu": nn.ReLU,  # the authors' ResNet Psi (attr_RN18_multi: QuickDraw, CIFAR10, CUB)
 }
-"""The output activation of the default Psi, by name."""
+"""The activations of the default Psi (after each conv and after the final Linear), by name."""
 
 
 class InterpreterOutput(NamedTuple):
@@ -59,17 +58,17 @@ class InterpreterOutput(NamedTuple):
 class AttributeDictionary(nn.Module):
     """The default Psi: hidden layers ``[f_i1(x), ..., f_iT(x)]`` to attributes ``[N, J]``.
 
-    It generalises the authors' ``attr_MNIST`` (one layer) and ``attr_RN18_multi`` (two layers):
+    It generalises the authors' ``attr_MNIST`` (one layer) and ``attr_RN18_multi`` (two layers); ``act`` is
+    ``activation`` (LeakyReLU in ``attr_MNIST``, ReLU in ``attr_RN18_multi``):
 
-    * each 4-D layer ``[N, C_l, H, W]``: 3x3 conv ``C_l -> hidden_channels`` -> ReLU -> AdaptiveAvgPool(pool_size);
-      any other layer ``[N, *shape]``: flatten -> Linear ``-> hidden_channels`` -> ReLU;
-    * with several 4-D layers, the branches are concatenated along channels -> 3x3 conv -> ReLU ->
+    * each 4-D layer ``[N, C_l, H, W]``: 3x3 conv ``C_l -> hidden_channels`` -> act -> AdaptiveAvgPool(pool_size);
+      any other layer ``[N, *shape]``: flatten -> Linear ``-> hidden_channels`` -> act;
+    * with several 4-D layers, the branches are concatenated along channels -> 3x3 conv -> act ->
       AdaptiveAvgPool(pool_size) (the authors instead bring layer3 to layer4's size with a strided conv and pool
       after the merge); otherwise the flattened branches are concatenated;
-    * -> Linear ``-> J`` -> ``activation``.
+    * -> Linear ``-> J`` -> act.
 
-    With one 4-D layer this is ``attr_MNIST`` with ``activation`` (the authors: LeakyReLU) after the Linear and
-    ReLU after the conv (the authors: LeakyReLU in both places on MNIST, ReLU in both on ResNets).
+    With one 4-D layer and the default ``"leaky_relu"`` this is ``attr_MNIST`` exactly (up to initialisation).
 
     Parameters
     ----------
@@ -84,7 +83,7 @@ class AttributeDictionary(nn.Module):
     """
 
     def __init__(self, layer_shapes: Sequence[Sequence[int]], n_attributes: int, hidden_channels: int = 64,
-                 pool_size: int = 3, activation: str = "relu") -> None:
+                 pool_size: int = 3, activation: str = "leaky_relu") -> None:
         super().__init__()
         check_positive_int("n_attributes", n_attributes)
         check_positive_int("hidden_channels", hidden_channels)
@@ -96,13 +95,13 @@ class AttributeDictionary(nn.Module):
         spatial = [len(s) == 3 for s in self.layer_shapes]
         pooled = hidden_channels * pool_size**2
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(s[0], hidden_channels, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(pool_size))
-            if is_map else nn.Sequential(nn.Flatten(), nn.Linear(math.prod(s), hidden_channels), nn.ReLU())
+            nn.Sequential(nn.Conv2d(s[0], hidden_channels, 3, padding=1), act(), nn.AdaptiveAvgPool2d(pool_size))
+            if is_map else nn.Sequential(nn.Flatten(), nn.Linear(math.prod(s), hidden_channels), act())
             for s, is_map in zip(self.layer_shapes, spatial))
         self.merge: nn.Module | None = None
         if len(spatial) > 1 and all(spatial):
             self.merge = nn.Sequential(nn.Conv2d(len(spatial) * hidden_channels, hidden_channels, 3, padding=1),
-                                       nn.ReLU(), nn.AdaptiveAvgPool2d(pool_size))
+                                       act(), nn.AdaptiveAvgPool2d(pool_size))
             features = pooled
         else:
             features = sum(pooled if is_map else hidden_channels for is_map in spatial)
@@ -149,7 +148,8 @@ class Interpreter(nn.Module):
         ``"mlp"`` (Linear J -> 64 -> ReLU -> Linear -> prod(input_shape), reshaped), any module ``[N, J] ->
         [N, *input_shape]``, or ``None`` (no input fidelity).
     hidden_channels, pool_size, attribute_activation:
-        Options of the default Psi.
+        Options of the default Psi (:class:`AttributeDictionary`): ``"leaky_relu"`` as the authors' MNIST Psi
+        (attributes may be slightly negative; the entropy terms act on ``|Phi|``), ``"relu"`` as their ResNet Psi.
     head_dropout:
         Dropout before the head, as the authors' ``explainer`` (p = 0.01).
     seed:
@@ -171,7 +171,7 @@ class Interpreter(nn.Module):
     def __init__(self, model: nn.Module, layers: LayerSpec | Sequence[LayerSpec], n_attributes: int,
                  example_inputs: torch.Tensor, *, posthoc: bool = False, n_classes: int | None = None,
                  psi: nn.Module | None = None, decoder: nn.Module | Literal["mlp"] | None = "mlp",
-                 hidden_channels: int = 64, pool_size: int = 3, attribute_activation: str = "relu",
+                 hidden_channels: int = 64, pool_size: int = 3, attribute_activation: str = "leaky_relu",
                  head_dropout: float = 0.01, seed: int | None = 0) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
