@@ -117,6 +117,21 @@ def test_clear_errors_for_bad_layers_and_outputs(data):
 
     with pytest.raises(ValueError, match="not reached"):
         Interpreter(Skips(), "unused", 3, x[:2])
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    class TupleLayer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair, self.fc = Pair(), nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.fc(self.pair(x.flatten(1))[0])
+
+    with pytest.raises(TypeError, match="not a single tensor"):
+        Interpreter(TupleLayer(), "pair", 3, x[:2])
     with pytest.raises(ValueError, match="n_classes=3"):
         Interpreter(f, "features", 3, x[:2], n_classes=3)
     with pytest.raises(ValueError, match="psi must map"):
@@ -140,7 +155,8 @@ def test_construction_does_not_change_the_predictor_or_global_rng(data):
 def test_several_layers_and_flat_layers_feed_the_default_psi(data):
     x, _ = data
     f = SmallLeNet(dropout=0.0)
-    both = Interpreter(f, ["features.2", "features"], 6, x[:4])
+    both = Interpreter(f, [f.features[2], "features"], 6, x[:4])
+    assert [layer.name for layer in both.layers] == ["features.2", "features"]
     assert both.psi.merge is not None and both(x).attributes.shape == (24, 6)
     flat = Interpreter(f, ["features", "classifier.2"], 6, x[:4], attribute_activation="relu")
     assert flat.psi.merge is None and flat(x).attributes.shape == (24, 6)
