@@ -26,7 +26,8 @@ from captum_layerpair.metrics.maps import check_attributions, unit_maps
 __all__ = ["disentanglement_score", "DisentanglementScore"]
 
 
-def disentanglement_score(A: torch.Tensor, transform: Transform = "abs", normalization: str = "minmax") -> torch.Tensor:
+def disentanglement_score(A: torch.Tensor, transform: Transform = "abs", normalization: str = "minmax",
+                          layout: str = "channels_first") -> torch.Tensor:
     """Disentanglement ``D(x) = mean_p Var_k(nu(M_k)(p))`` of precomputed layer-pair attributions.
 
     Parameters
@@ -38,6 +39,9 @@ def disentanglement_score(A: torch.Tensor, transform: Transform = "abs", normali
         ``"abs"``, ``"sqrt"``, ``"lin"``, ``"square"`` or a callable (SPEC section 3).
     normalization:
         ``"minmax"`` (maps in ``[0, 1]``, so ``D <= 1/4``) or ``"max"`` (``m / max|m|``, smooth for training).
+    layout:
+        ``"channels_last"`` for token sources ``[N, K, L, D]`` (maps over the L tokens); the score classes pass
+        their layer pair's ``source.layout``.
 
     Returns
     -------
@@ -48,7 +52,7 @@ def disentanglement_score(A: torch.Tensor, transform: Transform = "abs", normali
     if A.shape[1] < 2:
         raise ValueError(f"disentanglement needs K >= 2 target units (the variance over one unit is undefined); "
                          f"got A of shape {tuple(A.shape)} with K = {A.shape[1]}")
-    maps = normalize(unit_maps(A, transform), normalization, start_dim=2)  # [N, K, P]
+    maps = normalize(unit_maps(A, transform, layout), normalization, start_dim=2)  # [N, K, P]
     return maps.var(dim=1, correction=0).mean(1)
 
 
@@ -90,4 +94,5 @@ class DisentanglementScore(LatentScore):
     def score_parts(self, attribute: Attribute, inputs: torch.Tensor, indices: torch.Tensor | None = None,
                     seed: int | None = None) -> ScoreParts:
         """``D`` per sample of ``inputs [N, ...]`` (no random draws)."""
-        return ScoreParts(disentanglement_score(attribute(inputs), self.transform, self.normalization))
+        return ScoreParts(disentanglement_score(attribute(inputs), self.transform, self.normalization,
+                                                self.layer_pair.source.layout))

@@ -38,13 +38,15 @@ COMBINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 """How the unit maps ``[N, K, P]`` become the compared maps ``[N, G, P]`` (G = 1, or K for ``"per_unit"``)."""
 
 
-def _compared_maps(A: torch.Tensor, transform: Transform, normalization: str, combine: str) -> torch.Tensor:
+def _compared_maps(A: torch.Tensor, transform: Transform, normalization: str, combine: str,
+                   layout: str = "channels_first") -> torch.Tensor:
     """``nu(combine(M))``: ``[N, G, P]`` from ``[N, K, ...]``, each of the G maps normalised on its own."""
-    return normalize(COMBINES[combine](unit_maps(A, transform)), normalization, start_dim=2)
+    return normalize(COMBINES[combine](unit_maps(A, transform, layout)), normalization, start_dim=2)
 
 
 def informativeness_score(A_real: torch.Tensor, A_noise: torch.Tensor, transform: Transform = "abs",
-                          normalization: str = "minmax", combine: str = "sum") -> torch.Tensor:
+                          normalization: str = "minmax", combine: str = "sum",
+                          layout: str = "channels_first") -> torch.Tensor:
     """Informativeness ``I(x) = mean_p |nu(S(x))(p) - nu(S(xi))(p)|`` of precomputed layer-pair attributions.
 
     Parameters
@@ -61,6 +63,9 @@ def informativeness_score(A_real: torch.Tensor, A_noise: torch.Tensor, transform
     combine:
         ``"sum"``: ``S = sum_k M_k``; ``"var"``: ``S = Var_k M_k`` (population variance over units);
         ``"per_unit"``: the mean over units of each unit's own score (``S = M_k``).
+    layout:
+        ``"channels_last"`` for token sources ``[N, K, L, D]`` (maps over the L tokens); the score classes pass
+        their layer pair's ``source.layout``.
 
     Returns
     -------
@@ -78,8 +83,9 @@ def informativeness_score(A_real: torch.Tensor, A_noise: torch.Tensor, transform
         raise ValueError(f"A_noise must have the shape of A_real {tuple(A_real.shape)} or [R, "
                          f"{', '.join(map(str, A_real.shape))}] for R noise draws; got {got}")
     check_attributions(draws.flatten(0, 1), "A_noise")
-    real = _compared_maps(A_real, transform, normalization, combine)  # [N, G, P]
-    noise = _compared_maps(draws.flatten(0, 1), transform, normalization, combine).view(draws.shape[0], *real.shape)
+    real = _compared_maps(A_real, transform, normalization, combine, layout)  # [N, G, P]
+    noise = _compared_maps(draws.flatten(0, 1), transform, normalization, combine, layout).view(draws.shape[0],
+                                                                                                 *real.shape)
     return (real.unsqueeze(0) - noise).abs().mean(-1).mean(-1).mean(0)
 
 
@@ -101,7 +107,7 @@ def calibrated_ratio(score: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
 
 def calibrated_informativeness_score(A_real: torch.Tensor, A_noise: torch.Tensor, A_noise2: torch.Tensor,
                                      transform: Transform = "abs", normalization: str = "minmax",
-                                     combine: str = "sum") -> torch.Tensor:
+                                     combine: str = "sum", layout: str = "channels_first") -> torch.Tensor:
     """Calibrated informativeness ``I(x) / I_null(x)`` of precomputed layer-pair attributions.
 
     ``I(x) = informativeness_score(A_real, A_noise)`` and ``I_null(x) = informativeness_score(A_noise2, A_noise)``:
@@ -126,8 +132,8 @@ def calibrated_informativeness_score(A_real: torch.Tensor, A_noise: torch.Tensor
     check_attributions(A_noise2, "A_noise2")
     if A_noise2.shape != A_real.shape:
         raise ValueError(f"A_noise2 must have the shape of A_real {tuple(A_real.shape)}; got {tuple(A_noise2.shape)}")
-    return calibrated_ratio(informativeness_score(A_real, A_noise, transform, normalization, combine),
-                     informativeness_score(A_noise2, A_noise, transform, normalization, combine))
+    return calibrated_ratio(informativeness_score(A_real, A_noise, transform, normalization, combine, layout),
+                            informativeness_score(A_noise2, A_noise, transform, normalization, combine, layout))
 
 
 class InformativenessScore(LatentScore):
@@ -191,7 +197,7 @@ class InformativenessScore(LatentScore):
                     seed: int | None = None) -> ScoreParts:
         """``I`` (and, calibrated, ``I_null`` and ``I / I_null``) per sample, averaged over ``n_noise`` draws."""
         seed = self.seed if seed is None else seed
-        options = (self.transform, self.normalization, self.combine)
+        options = (self.transform, self.normalization, self.combine, self.layer_pair.source.layout)
         A_real = attribute(inputs)
         A_null = attribute(make_noise(inputs, self.noise, seed, indices, "null")) if self.calibrate else None
         raw = null = None

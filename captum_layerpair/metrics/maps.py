@@ -26,11 +26,12 @@ def check_attributions(A: Any, name: str = "A") -> torch.Tensor:
     return A
 
 
-def unit_maps(A: torch.Tensor, transform: Transform = "abs") -> torch.Tensor:
+def unit_maps(A: torch.Tensor, transform: Transform = "abs", layout: str = "channels_first") -> torch.Tensor:
     """Per-unit maps ``M_k`` flattened over positions: ``[N, K, P]``.
 
-    ``[N, K, C, *spatial]`` sums the channels after ``transform`` (``P = prod(spatial)``); a 1-D source ``[N, K, F]``
-    gives ``transform(A)`` itself (each feature a position).
+    ``[N, K, C, *spatial]`` sums the channels after ``transform`` (``P = prod(spatial)``); with
+    ``layout="channels_last"`` a token source ``[N, K, L, D]`` sums the features (``P = L`` tokens); a 1-D source
+    ``[N, K, F]`` gives ``transform(A)`` itself (each feature a position).
     """
-    maps = apply_transform(A, transform) if A.dim() == 3 else aggregate(A, transform, over="channels")
+    maps = apply_transform(A, transform) if A.dim() == 3 else aggregate(A, transform, over="channels", layout=layout)
     return maps.flatten(2)
