@@ -98,10 +98,13 @@ def test_report_is_reproducible_and_leaves_the_global_rng_alone(tmp_path, report
     assert again.scores_json.read_text() == report.scores_json.read_text()
 
 
-def test_a_one_dimensional_source_gets_a_matrix_but_no_maps(tmp_path):
+def test_a_one_dimensional_source_gets_a_matrix_and_feature_maps(tmp_path):
+    """A flat source [N, F] (fingerprints, a Linear layer): the matrix is K x F and the maps are |A| per feature."""
     result = _build(tmp_path, sources=["flatten"], randomization=False)
     pair = result.pairs[0]
-    assert pair.maps is None and set(pair.figures) == {"matrix"}
+    A = LayerPairAttribution(_model(), "flatten", "embed", "InputXGradient").attribute(_inputs())
+    torch.testing.assert_close(pair.maps, A[:2].abs(), rtol=1e-5, atol=1e-7)
+    assert set(pair.figures) == {"matrix", "maps"} and pair.layout == "flat"
     assert pair.matrix.shape == (3, 16 * 2 * 2) and set(pair.scores) == {"informativeness", "disentanglement"}
 
 
