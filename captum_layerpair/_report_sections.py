@@ -111,23 +111,24 @@ def memory_errors(batch_size: int, target_batch_size: int | None) -> Iterator[No
 
 def checked_layer_pair(model: nn.Module, source: str, target: str, method: MethodSpec,
                        target_reduction: TargetReduction, sample: torch.Tensor, attribute_kwargs: dict[str, Any],
-                       defaults: dict[str, Any]) -> ReportLayerPair:
-    """The layer pair, tried on ``sample`` (the first two inputs) for one target unit: an unknown layer or method,
-    a source that does not run before the target, or any error of the method and its keyword arguments on that
-    sample comes back as a one-line ``UserInputError`` before the real work starts."""
+                       defaults: dict[str, Any], options: dict[str, Any] | None = None) -> ReportLayerPair:
+    """The layer pair (``options``: more ``LayerPairAttribution`` arguments, e.g. ``source_layout``), tried on
+    ``sample`` (the first two inputs) for one target unit: an unknown layer or method, a source that does not run
+    before the target, or any error of the method and its keyword arguments on that sample comes back as a
+    one-line ``UserInputError`` before the real work starts."""
     name = method if isinstance(method, str) else getattr(method, "__name__", "the method")
     if name in WRAPPER_METHODS:
         raise UserInputError(f"method {name!r} wraps another attribution method and cannot be named on its own; in "
                              f"Python pass a factory, e.g. method=lambda f: {name}(IntegratedGradients(f))")
     with user_errors(f"cannot set up {name} from {source!r} to {target!r}"):
-        lp = ReportLayerPair(model, source, target, method, target_reduction)
+        lp = ReportLayerPair(model, source, target, method, target_reduction, **(options or {}))
+    lp.defaults = dict(defaults)
     with user_errors(f"{lp.method.name} from {source!r} to {target!r} failed on the first {len(sample)} inputs",
                      catch=(Exception,)):  # the user's model, method and keyword arguments: any error is theirs
         A = lp.attribute(sample, target=[0], show_progress=False, **attribute_kwargs)
     if not torch.isfinite(A).all():
         raise UserInputError(f"{lp.method.name} from {source!r} to {target!r} gives NaN or inf attributions on the "
                              "first inputs; check the model's weights and the method's keyword arguments")
-    lp.defaults = dict(defaults)
     return lp
 
 
@@ -137,9 +138,11 @@ def _channels_first(A: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def source_layout(lp: LayerPairAttribution, source_dims: int) -> str:
-    """The source's layout: ``"flat"`` for ``[N, F]`` sources, else the layer pair's (``"channels_first"`` unless
-    the pair says otherwise)."""
-    return "flat" if source_dims == 1 else getattr(lp.source, "layout", "channels_first")
+    """The source's layout: ``"flat"`` for ``[N, F]`` sources, else the layer pair's (its source layer's
+    ``layout``, or its ``source_layout``; ``"channels_first"`` when it has neither)."""
+    if source_dims == 1:
+        return "flat"
+    return getattr(lp.source, "layout", None) or getattr(lp, "source_layout", None) or "channels_first"
 
 
 def attribute_pair(lp: LayerPairAttribution, batches: list[torch.Tensor], attribute_kwargs: dict[str, Any],

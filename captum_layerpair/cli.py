@@ -37,6 +37,7 @@ __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
 INPUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
+LAYOUTS = ("channels_first", "channels_last")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "input channel, e.g. [0.485, 0.456, 0.406], broadcast over the other dimensions")
     report.add_argument("--target-reduction", choices=("sum", "mean", "none"), default="sum",
                         help="how each target unit is reduced to a scalar (default: sum)")
+    for role in ("source", "target"):
+        report.add_argument(f"--{role}-layout", choices=LAYOUTS, help=f"where the {role} layer's units are: "
+                            "channels_first ([N, C, ...], default) or channels_last ([N, L, D] tokens)")
     report.add_argument("--max-inputs", type=_positive, metavar="N", help="use only the first N inputs")
     report.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="B", help="inputs per "
                         f"batch (default: {DEFAULT_BATCH_SIZE}); with --target-batch-size it bounds the memory")
@@ -203,7 +207,8 @@ def _run_report(args: argparse.Namespace) -> int:
     report = build_report(
         model, inputs, sources=args.source, target=args.target, method=args.method,
         attribute_kwargs=args.method_kwargs, out_dir=args.out, target_reduction=args.target_reduction,
-        scores=not args.no_scores, randomization=not args.no_randomization, batch_size=args.batch_size,
+        source_layout=args.source_layout, target_layout=args.target_layout, scores=not args.no_scores,
+        randomization=not args.no_randomization, batch_size=args.batch_size,
         target_batch_size=args.target_batch_size,
         model_description=args.model + (f" with {args.checkpoint}" if args.checkpoint else ""),
         inputs_description=args.inputs, seed=args.seed, show_progress=not args.no_progress,

@@ -74,6 +74,8 @@ def build_report(
     attribute_kwargs: dict[str, Any] | None = None,
     out_dir: str | Path = "layerpair_report",
     target_reduction: TargetReduction = "sum",
+    source_layout: str | None = None,
+    target_layout: str | None = None,
     scores: bool = True,
     randomization: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -109,6 +111,9 @@ def build_report(
         broadcast over the other dimensions of an input, or nested lists of one input's shape.
     target_reduction:
         How target units are reduced to scalars (``"sum"``, ``"mean"``, ``"none"`` or a callable).
+    source_layout, target_layout:
+        ``"channels_first"`` or ``"channels_last"`` (``[N, L, D]`` tokens), passed to ``LayerPairAttribution``
+        when given (default: its own default). The figures label their axes from the source's layout.
     scores, randomization:
         Compute every registered latent score with its baselines / the cascading randomisation curve.
     batch_size, target_batch_size:
@@ -150,9 +155,11 @@ def build_report(
     given = dict(attribute_kwargs or {})
     kwargs = check_attribute_kwargs(given, inputs)
     defaults = {"target_batch_size": target_batch_size, "show_progress": show_progress}
+    layouts = {key: value for key, value in (("source_layout", source_layout), ("target_layout", target_layout))
+               if value is not None}
     with seeded(seed):
         layer_pairs = [checked_layer_pair(model, source, target, method, target_reduction, inputs[:2], kwargs,
-                                          defaults) for source in sources]
+                                          defaults, layouts) for source in sources]
     out_dir = _make_dir(out_dir)
     batches = list(inputs.split(batch_size))
     pairs: list[PairResult] = []

@@ -311,7 +311,7 @@ def plot_position_maps(
         ax.tick_params(axis="x", labelsize=7)
     axes[-1].set_xlabel(f"{position_label} ({source_name})")
     label = {"minmax": "min-max normalised", "max": "max normalised", None: "attribution"}[normalization]
-    fig.colorbar(mappable, ax=axes.tolist(), label=f"{label} ({length} positions)")
+    fig.colorbar(mappable, ax=axes.tolist(), label=f"{label} ({length} positions)", fraction=0.03, pad=0.02)
     fig.suptitle(title if title is not None else f"Maps of {target_name} units over {position_label}s of "
                  f"{source_name}")
     _finish(use_pyplot)
