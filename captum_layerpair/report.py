@@ -43,7 +43,7 @@ from captum_layerpair.attr._methods import MethodSpec
 from captum_layerpair.metrics import SCORES, ScoreSummary
 from captum_layerpair.sanity import RandomizationResult
 
-__all__ = ["Report", "build_report", "score_conditions", "DEFAULT_BATCH_SIZE", "DEFAULT_TARGET_BATCH_SIZE"]
+__all__ = ["Report", "build_report", "DEFAULT_BATCH_SIZE", "DEFAULT_TARGET_BATCH_SIZE"]
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_TARGET_BATCH_SIZE = 8
@@ -127,8 +127,9 @@ def build_report(
         Text for the page.
     seed:
         Seed of every random draw (the caller's global RNG state is restored afterwards). The scores' noise
-        inputs come from a private generator (Uniform[0, 1) for float inputs, uniform ids in the observed range
-        for integer inputs), so they never repeat a stream of the caller's global RNG.
+        inputs come from a private generator seeded with ``derive_seed(seed, "noise")`` (Uniform[0, 1) for float
+        inputs, uniform ids in the observed range for integer inputs), independent of the caller's global RNG:
+        data drawn with ``torch.manual_seed(seed); torch.rand(...)`` is not the noise.
     show_progress:
         Progress bars on stderr, advancing per chunk of target units.
 
