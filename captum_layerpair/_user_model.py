@@ -1,8 +1,11 @@
 """A user's model, checkpoint and inputs as named on the command line, and the table of the model's layers.
 
 Files are read with ``torch.load(..., weights_only=True)``: a checkpoint or an input file can hold tensors and
-plain containers only, never code. Mistakes (a missing file, a wrong name, a shape that does not fit) raise
-``UserInputError`` with one line that says what was given and what was expected.
+plain containers only, never code. A model module is imported from the installed packages first; the working
+folder is searched only for a module that is not installed, after everything else and only during that import,
+so a stray file there (``skimage.py``) never shadows a package. Mistakes (a missing file, a wrong name, a shape
+that does not fit, a model that fails or returns NaN) raise ``UserInputError`` with one line that says what was
+given and what was expected.
 """
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ import torch
 from torch import nn
 
 __all__ = ["UserInputError", "load_model", "load_checkpoint", "load_inputs", "check_forward", "LayerInfo",
-           "describe_layers"]
+           "describe_layers", "check_inputs", "check_batches", "MAX_SAMPLE_ELEMENTS"]
+
+MAX_SAMPLE_ELEMENTS = 100_000_000
+"""The largest input sample (elements, without the batch dimension) ``layers --input-shape`` builds: 400 MB."""
 
 
 class UserInputError(ValueError):
@@ -36,21 +42,56 @@ def one_line(message: str, limit: int = 400) -> str:
 
 
 def _import_module(name: str) -> Any:
-    """Import a module by dotted name (the working directory is searched first) or from a ``.py`` file path."""
+    """Import a module by dotted name or from a ``.py`` file path.
+
+    A dotted name is looked up in the installed packages first; only a module that is not installed is then
+    looked up in the working folder, which is put at the end of ``sys.path`` for that import alone.
+    """
     if name.endswith(".py"):
-        path = Path(name)
-        if not path.is_file():
-            raise UserInputError(f"cannot import {name!r}: no such file")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        return _import_file(Path(name))
+    top = name.partition(".")[0]
     try:
-        return importlib.import_module(name)
-    except ImportError as e:
+        return _import_user_code(name, lambda: importlib.import_module(name))
+    except ModuleNotFoundError as e:
+        if e.name not in (top, name) or not _in_working_folder(top):
+            raise UserInputError(f"cannot import module {name!r}: {one_line(e)}") from e
+    folder = os.getcwd()
+    sys.path.append(folder)
+    try:
+        return _import_user_code(name, lambda: importlib.import_module(name))
+    except ModuleNotFoundError as e:
         raise UserInputError(f"cannot import module {name!r}: {one_line(e)}") from e
+    finally:
+        del sys.path[len(sys.path) - 1 - sys.path[::-1].index(folder)]
+
+
+def _in_working_folder(top: str) -> bool:
+    return Path(f"{top}.py").is_file() or Path(top, "__init__.py").is_file()
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise UserInputError(f"cannot import {str(path)!r}: no such file")
+    # a private module name: registered (dataclasses and pickle look modules up) without shadowing another module
+    spec = importlib.util.spec_from_file_location(f"_captum_layerpair_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        _import_user_code(str(path), lambda: spec.loader.exec_module(module))
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+def _import_user_code(name: str, load: Callable[[], Any]) -> Any:
+    """Run ``load``; an error raised by the user's module itself (not a missing module) is a ``UserInputError``."""
+    try:
+        return load()
+    except ModuleNotFoundError:
+        raise
+    except Exception as e:  # a syntax error, a failing import inside it, any error its top level raises
+        raise UserInputError(f"importing {name!r} failed: {type(e).__name__}: {one_line(e)}") from e
 
 
 def _factory(spec: str) -> Callable[[], Any]:
@@ -122,10 +163,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
     """Build the model named by ``spec`` (``"MODULE:FACTORY"``), load ``checkpoint`` into it, and set eval mode.
 
-    ``MODULE`` is a dotted module name (the working directory is on the import path) or a path to a ``.py`` file;
-    ``FACTORY`` is a function or class in it that builds the model without arguments.
+    ``MODULE`` is a dotted module name (an installed module, else one in the working folder) or a path to a
+    ``.py`` file; ``FACTORY`` is a function or class in it that builds the model without arguments.
     """
-    model = _factory(spec)()
+    factory = _factory(spec)
+    try:
+        model = factory()
+    except Exception as e:  # the user's code: whatever it raises is reported in one line
+        raise UserInputError(f"{spec!r} failed while building the model: {type(e).__name__}: {one_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise UserInputError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
@@ -134,8 +179,11 @@ def load_model(spec: str, checkpoint: str | Path | None = None) -> nn.Module:
 
 
 def load_inputs(path: str | Path) -> torch.Tensor:
-    """Inputs ``[N, ...]`` from a file holding a float tensor, a dict with key ``"inputs"``, or a tuple/list whose
-    first element is the inputs (e.g. ``(images, labels)``)."""
+    """Inputs ``[N, ...]`` from a file holding a tensor, a dict with key ``"inputs"``, or a tuple/list whose first
+    element is the inputs (e.g. ``(images, labels)``).
+
+    Floating-point inputs are used as they are; integer inputs (token ids for an ``nn.Embedding``) too.
+    """
     data = _torch_load(path, "inputs file")
     if isinstance(data, Mapping) and "inputs" in data:
         data = data["inputs"]
@@ -144,24 +192,77 @@ def load_inputs(path: str | Path) -> torch.Tensor:
     if not isinstance(data, torch.Tensor):
         raise UserInputError(f"inputs file {str(path)!r} holds a {type(data).__name__}; expected a tensor [N, ...], a "
                              "dict with key 'inputs' or a tuple (inputs, ...)")
-    if not data.is_floating_point():
-        raise UserInputError(f"inputs in {str(path)!r} have dtype {data.dtype}; expected floating point (convert "
-                             "before saving, e.g. images.float() / 255)")
+    return check_inputs(data, f"inputs in {str(path)!r}")
+
+
+def check_inputs(data: torch.Tensor, what: str = "inputs") -> torch.Tensor:
+    """``data`` if it is a usable batch: floating point or integer (token ids), ``[N, ...]`` with ``N >= 1``, finite."""
+    if data.dtype == torch.bool or data.is_complex() or not (data.is_floating_point() or _is_integer(data)):
+        raise UserInputError(f"{what} have dtype {data.dtype}; expected floating point (e.g. images.float() / 255) "
+                             "or integer token ids")
     if data.dim() < 2 or data.shape[0] == 0:
-        raise UserInputError(f"inputs in {str(path)!r} have shape {list(data.shape)}; expected [N, ...] with N >= 1 "
-                             "samples along the first dimension")
-    if not torch.isfinite(data).all():
-        raise UserInputError(f"inputs in {str(path)!r} contain NaN or inf values")
+        raise UserInputError(f"{what} have shape {list(data.shape)}; expected [N, ...] with N >= 1 samples along "
+                             "the first dimension")
+    if data.is_floating_point() and not torch.isfinite(data).all():
+        raise UserInputError(f"{what} contain {int((~torch.isfinite(data)).sum())} NaN or inf values")
     return data
 
 
-def check_forward(model: nn.Module, sample: torch.Tensor) -> Any:
-    """Run ``model(sample)`` without gradients; a failure (typically a shape mismatch) is a ``UserInputError``."""
+def _is_integer(data: torch.Tensor) -> bool:
+    return not data.is_floating_point() and not data.is_complex() and data.dtype != torch.bool
+
+
+def check_forward(model: nn.Module, sample: torch.Tensor, finite: bool = False) -> Any:
+    """Run ``model(sample)`` without gradients; a failure (typically a shape mismatch) is a ``UserInputError``.
+
+    With ``finite=True``, also an output holding NaN or inf values (a broken checkpoint) is one; the message
+    names the model's non-finite parameters.
+    """
     try:
         with torch.no_grad():
-            return model(sample)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise UserInputError(f"inputs of shape {list(sample.shape)} do not fit the model: {one_line(e, 300)}") from e
+            output = model(sample)
+    except Exception as e:  # the user's model: whatever it raises on these inputs is reported in one line
+        raise UserInputError(f"inputs of shape {list(sample.shape)} do not fit the model: {type(e).__name__}: "
+                             f"{one_line(e, 200)}{_dtype_hint(sample, e)}") from e
+    if finite and _has_non_finite(output):
+        bad = [name for name, value in [*model.named_parameters(), *model.named_buffers()]
+               if value.is_floating_point() and not torch.isfinite(value).all()]
+        where = (f"; non-finite parameters: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (check the "
+                 "checkpoint)") if bad else ""
+        first = "first input" if len(sample) == 1 else f"first {len(sample)} inputs"
+        raise UserInputError(f"the model's output on the {first} contains NaN or inf values, so every attribution "
+                             f"and score would be meaningless{where}")
+    return output
+
+
+def check_batches(model: nn.Module, inputs: torch.Tensor) -> None:
+    """The model runs on one input and on a batch of two with finite outputs (else a ``UserInputError``)."""
+    check_forward(model, inputs[:1], finite=True)
+    if len(inputs) < 2:
+        return
+    try:
+        check_forward(model, inputs[:2], finite=True)
+    except UserInputError as e:
+        raise UserInputError(f"the model runs on one input but not on a batch of two: {e}") from e
+
+
+def _has_non_finite(output: Any) -> bool:
+    if isinstance(output, torch.Tensor):
+        return output.is_floating_point() and not torch.isfinite(output).all()
+    if isinstance(output, Mapping):
+        return any(_has_non_finite(v) for v in output.values())
+    if isinstance(output, (tuple, list)):
+        return any(_has_non_finite(v) for v in output)
+    return False
+
+
+def _dtype_hint(sample: torch.Tensor, error: Exception) -> str:
+    if not sample.is_floating_point():
+        return (" (integer inputs go to the model as they are, e.g. token ids; a model of images needs a float "
+                "tensor, e.g. images.float() / 255)")
+    if re.search(r"Long|Int|indices", str(error)):
+        return " (if the model takes token ids, give integer inputs)"
+    return ""
 
 
 @dataclass(frozen=True)

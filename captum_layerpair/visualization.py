@@ -16,11 +16,13 @@ from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from captum_layerpair._checks import check_choice
 from captum_layerpair.aggregation import normalize as normalize_maps
 
-__all__ = ["plot_layer_pair_matrix", "plot_unit_maps", "plot_scores", "plot_randomization"]
+__all__ = ["plot_layer_pair_matrix", "plot_unit_maps", "plot_position_maps", "plot_scores", "plot_randomization"]
 
 ArrayLike = Any  # torch.Tensor, numpy array or nested sequence of numbers
+NORMALIZATIONS = ("minmax", "max")
 
 
 def _to_numpy(values: ArrayLike, name: str) -> np.ndarray:
@@ -65,6 +67,7 @@ def plot_layer_pair_matrix(
     fig_size: tuple[float, float] | None = None,
     plt_fig_axis: tuple[Figure, Axes] | None = None,
     use_pyplot: bool = True,
+    column_label: str = "source channel",
 ) -> tuple[Figure, Axes]:
     """Heatmap of the ``K x C`` layer-pair matrix: how much each target unit draws on each source channel.
 
@@ -74,6 +77,9 @@ def plot_layer_pair_matrix(
         ``[K, C]``, e.g. ``aggregate(A, over="space").mean(0)``; a ``[N, K, C]`` tensor is averaged over samples.
     source_name, target_name:
         Layer names for the axis labels (columns are source channels, rows are target units).
+    column_label:
+        What a column is: ``"source channel"`` (default), ``"token feature"`` for a ``channels_last`` token
+        source ``[N, L, D]``, ``"source feature"`` for a flat source ``[N, F]``.
     title, colorbar_label, cmap, fig_size:
         Figure text and look; ``fig_size`` defaults to a size that grows with ``K`` and ``C``.
     plt_fig_axis:
@@ -97,7 +103,7 @@ def plot_layer_pair_matrix(
     fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
     image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, label=colorbar_label)
-    ax.set_xlabel(f"source channel ({source_name})")
+    ax.set_xlabel(f"{column_label} ({source_name})")
     ax.set_ylabel(f"target unit ({target_name})")
     if n_channels <= 32:
         ax.set_xticks(range(n_channels))
@@ -226,22 +232,90 @@ def _grid_layout(fig: Figure) -> Axes:
     return fig.add_axes((1 - 1.05 / width, bottom / height, 0.15 / width, 1 - (top + bottom) / height))
 
 
-def _unit_maps(maps: ArrayLike, units: Sequence[int] | None, normalization: str | None
+def _unit_maps(maps: ArrayLike, units: Sequence[int] | None, normalization: str | None, n_positions: int = 2
                ) -> tuple[np.ndarray, list[int]]:
-    """``[N, len(units), H, W]`` maps to draw (normalised as asked) and the unit indices."""
+    """``[N, len(units), *P]`` maps with ``n_positions`` position dimensions ``P`` to draw (normalised as asked)
+    and the unit indices."""
     values = _to_numpy(maps, "maps")
-    values = values[None] if values.ndim == 3 else values
-    if values.ndim != 4:
-        raise ValueError(f"maps must be [K, H, W] or [N, K, H, W] (spatial maps per target unit); got shape "
-                         f"{values.shape}. For a 1-D source, plot the layer-pair matrix instead.")
+    values = values[None] if values.ndim == n_positions + 1 else values
+    if values.ndim != n_positions + 2:
+        expected = "[K, H, W] or [N, K, H, W] (2-D maps" if n_positions == 2 else "[K, L] or [N, K, L] (1-D maps"
+        other = "plot_position_maps" if n_positions == 2 else "plot_unit_maps"
+        raise ValueError(f"maps must be {expected} per target unit); got shape {values.shape}. For other maps, "
+                         f"use {other} or the layer-pair matrix.")
     n_units = values.shape[1]
     units = list(range(n_units)) if units is None else [int(u) for u in units]
     if not units or any(not 0 <= u < n_units for u in units):
         raise ValueError(f"units must be a non-empty list of indices in 0 .. {n_units - 1}; got {units}")
     values = values[:, units]
     if normalization is not None:
+        check_choice("normalization", normalization, NORMALIZATIONS)
         values = normalize_maps(torch.from_numpy(values), normalization).numpy()
     return values, units
+
+
+def plot_position_maps(
+    maps: ArrayLike,
+    units: Sequence[int] | None = None,
+    normalization: str | None = "minmax",
+    position_label: str = "position",
+    source_name: str = "source",
+    target_name: str = "target",
+    title: str | None = None,
+    cmap: str | None = None,
+    fig_size: tuple[float, float] | None = None,
+    plt_fig_axis: tuple[Figure, Any] | None = None,
+    use_pyplot: bool = True,
+) -> tuple[Figure, np.ndarray]:
+    """Maps over one position dimension (sequence positions, tokens, features): one heatmap per sample, a row per
+    target unit and a column per position.
+
+    Parameters
+    ----------
+    maps:
+        ``[K, L]`` (one sample) or ``[N, K, L]``, e.g. ``aggregate(A, over="channels")`` of a ``Conv1d`` source
+        ``A [N, K, C, L]``, the same of a token source ``[N, L, D]`` with its features summed, or ``|A|`` of a flat
+        source ``A [N, K, F]``.
+    units:
+        Which target units to show, top to bottom (default: all ``K``).
+    normalization:
+        ``"minmax"`` (default) or ``"max"`` per map (per sample and unit), or ``None`` for one shared scale.
+    position_label:
+        The x-axis label: ``"position"``, ``"token position"``, ``"source feature"``, ...
+    source_name, target_name, title, cmap:
+        As in ``plot_unit_maps``.
+    fig_size, plt_fig_axis, use_pyplot:
+        As in ``plot_layer_pair_matrix``; ``plt_fig_axis`` holds one axes per sample.
+
+    Returns
+    -------
+    (fig, axes):
+        The figure and an ``[N]`` array of axes; one colour bar serves all.
+    """
+    values, units = _unit_maps(maps, units, normalization, n_positions=1)
+    n_samples, n_shown, length = values.shape
+    signed = normalization is None and values.min() < 0
+    vmax = float(np.abs(values).max()) if signed else float(values.max())
+    vmin = -vmax if signed else (0.0 if normalization is not None else float(values.min()))
+    height = 0.7 + 0.16 * n_shown
+    fig, axes = _create_figure(plt_fig_axis, use_pyplot, fig_size or (min(4.0 + 0.04 * length, 12.0),
+                                                                     height * n_samples + 0.6), n_samples, 1)
+    axes = np.asarray(axes, dtype=object).reshape(n_samples)
+    mappable = None
+    step = max(1, n_shown // 16)
+    for i, ax in enumerate(axes):
+        mappable = ax.imshow(values[i], cmap=cmap or ("RdBu_r" if signed else "inferno"), vmin=vmin, vmax=vmax,
+                             aspect="auto", interpolation="nearest" if length <= 512 else "antialiased")
+        ax.set_yticks(range(0, n_shown, step), [str(u) for u in units[::step]], fontsize=7)
+        ax.set_ylabel(f"sample {i}\nunit", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[-1].set_xlabel(f"{position_label} ({source_name})")
+    label = {"minmax": "min-max normalised", "max": "max normalised", None: "attribution"}[normalization]
+    fig.colorbar(mappable, ax=axes.tolist(), label=f"{label} ({length} positions)", fraction=0.03, pad=0.02)
+    fig.suptitle(title if title is not None else f"Maps of {target_name} units over {position_label}s of "
+                 f"{source_name}")
+    _finish(use_pyplot)
+    return fig, axes
 
 
 def _mean_std(value: Any, name: str) -> tuple[float, float]:

@@ -11,8 +11,8 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 from captum_layerpair.metrics import ScoreSummary
-from captum_layerpair.visualization import (plot_layer_pair_matrix, plot_randomization, plot_scores,
-                                            plot_unit_maps)
+from captum_layerpair.visualization import (plot_layer_pair_matrix, plot_position_maps, plot_randomization,
+                                            plot_scores, plot_unit_maps)
 
 
 @pytest.fixture(autouse=True)
@@ -145,3 +145,50 @@ def test_randomization_curve_has_one_point_per_layer_and_measure():
 def test_randomization_rejects_curves_of_the_wrong_length():
     with pytest.raises(ValueError, match="2 values for 3 layers"):
         plot_randomization(["a", "b", "c"], {"ssim": [1.0, 0.5]}, use_pyplot=False)
+
+
+def test_layer_pair_matrix_labels_its_columns_from_the_layout():
+    _, ax = plot_layer_pair_matrix(torch.rand(2, 3), source_name="emb", column_label="token feature",
+                                   use_pyplot=False)
+    assert ax.get_xlabel() == "token feature (emb)"
+    _, ax = plot_layer_pair_matrix(torch.rand(2, 3), source_name="conv2", use_pyplot=False)
+    assert ax.get_xlabel() == "source channel (conv2)"  # the default, as before
+
+
+def test_position_maps_show_one_heatmap_per_sample_with_a_row_per_unit():
+    maps = torch.rand(2, 5, 30) * 3 + 1
+    fig, axes = plot_position_maps(maps, units=[4, 0, 2], position_label="token position", source_name="emb",
+                                   use_pyplot=False)
+    assert axes.shape == (2,)
+    for i in range(2):
+        shown = np.asarray(axes[i].images[0].get_array())
+        assert shown.shape == (3, 30)  # rows: the units asked for, in that order; columns: positions
+        for row, unit in enumerate([4, 0, 2]):
+            m = maps[i, unit].numpy()
+            np.testing.assert_allclose(shown[row], (m - m.min()) / (m.max() - m.min()), rtol=1e-5, atol=1e-6)
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["4", "0", "2"]
+    assert axes[-1].get_xlabel() == "token position (emb)" and axes[1].get_ylabel().startswith("sample 1")
+    assert "min-max" in fig.axes[-1].get_ylabel()
+
+
+def test_position_maps_of_one_sample_and_of_many_units():
+    _, axes = plot_position_maps(torch.rand(64, 2048), normalization=None, use_pyplot=False)
+    assert axes.shape == (1,) and np.asarray(axes[0].images[0].get_array()).shape == (64, 2048)
+    assert len(axes[0].get_yticklabels()) == 16  # every 4th of 64 units labelled
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(maps=torch.rand(2, 3, 4, 4)), ValueError, r"\[K, L\] or \[N, K, L\]"),
+    (dict(maps=torch.rand(3, 4), units=[5]), ValueError, "units must be"),
+    (dict(maps=torch.rand(3, 4), normalization="zscore"), ValueError, "unknown normalization 'zscore'"),
+])
+def test_position_maps_reject_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        plot_position_maps(use_pyplot=False, **kwargs)
+
+
+def test_unit_maps_name_the_other_figure_for_one_dimensional_maps_and_check_the_normalization():
+    with pytest.raises(ValueError, match="plot_position_maps"):
+        plot_unit_maps(torch.rand(2, 5), use_pyplot=False)
+    with pytest.raises(ValueError, match="unknown normalization 'l2'. Allowed: 'max', 'minmax'"):
+        plot_unit_maps(torch.rand(2, 3, 3), normalization="l2", use_pyplot=False)
