@@ -194,7 +194,10 @@ def score_pair(lp: LayerPairAttribution, batches: list[torch.Tensor], attribute_
     and noise baselines; ``noise`` draws the noise inputs of the scores that take one."""
     summaries = {}
     for name, cls in SCORES.items():
-        options = {"noise": noise} if noise is not None and "noise" in inspect.signature(cls).parameters else {}
+        parameters = inspect.signature(cls).parameters
+        options = {"noise": noise} if noise is not None and "noise" in parameters else {}
+        if "calibrate" in parameters:
+            options["calibrate"] = True  # the calibrated score is shown first; raw I and its null come with it
         score = cls(lp, **options)
         summaries[name] = score.evaluate(batches, random_model=True, null=True, seed=seed,
                                          show_progress=show_progress, **attribute_kwargs)

@@ -62,9 +62,13 @@ def test_matrix_and_maps_equal_an_independent_aggregation(report):
 
 def test_scores_come_with_both_baselines_and_match_the_metric(report):
     entry = json.loads(report.scores_json.read_text())["layer_pairs"][1]
+    info = entry["scores"]["informativeness"]
+    assert list(info)[0] == "calibrated"  # the calibrated score is shown first: I / I_null per sample
+    ratio = torch.tensor(info["model"]["values"]) / torch.tensor(info["null"]["values"])
+    torch.testing.assert_close(torch.tensor(info["calibrated"]["values"]), ratio, rtol=1e-4, atol=1e-6)
     for name in ("informativeness", "disentanglement"):
         conditions = entry["scores"][name]
-        assert set(conditions) == {"model", "random_model", "null"}
+        assert set(conditions) - {"calibrated"} == {"model", "random_model", "null"}
         for stats in conditions.values():
             assert stats["n"] == N and stats["mean"] == pytest.approx(sum(stats["values"]) / N, abs=1e-5)
     lp = LayerPairAttribution(_model(), "conv3", "embed", "InputXGradient")
@@ -393,7 +397,7 @@ def test_scores_come_from_the_registry_and_a_calibrated_score_is_shown_first(tmp
     assert list(scores) == [*[name for name in SCORES if name != "fake"], "fake"]
     assert list(scores["fake"]) == ["calibrated", "model", "random_model", "null"]
     assert scores["fake"]["calibrated"]["mean"] == 2.0 and scores["fake"]["null"]["mean"] == 0.125
-    assert list(scores["informativeness"]) == ["model", "random_model", "null"]
+    assert list(scores["informativeness"]) == ["calibrated", "model", "random_model", "null"]
     page = result.html.read_text(encoding="utf-8")
     assert "<th>score</th><th>calibrated</th><th>trained model</th>" in page
     assert "a score for the test" in page and (tmp_path / "scores_fake.png").exists()
