@@ -33,17 +33,18 @@ class Estimate:
 def auroc(positives: Sequence[float], negatives: Sequence[float], n_boot: int = 2000, seed: int = 0) -> Estimate:
     """AUROC of ``positives`` (label 1, e.g. trained models) against ``negatives`` (e.g. random models).
 
-    CI: percentile bootstrap resampling each group separately (``scipy.stats.bootstrap``); p-value: one-sided
-    Mann-Whitney U (positives larger). With perfect separation every resample gives 1 and the CI is [1, 1]; the
-    p-value then says how much evidence the group sizes carry.
+    The value is ``sklearn.metrics.roc_auc_score``. CI: percentile bootstrap resampling each group separately
+    (``scipy.stats.bootstrap``, vectorised through the Mann-Whitney U statistic, ``AUROC = U / (n_pos n_neg)``);
+    p-value: one-sided Mann-Whitney U (positives larger). With perfect separation every resample gives 1 and the CI
+    is [1, 1]; the p-value then says how much evidence the group sizes carry.
     """
     pos, neg = np.asarray(positives, float), np.asarray(negatives, float)
+    value = float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
-    def statistic(a: np.ndarray, b: np.ndarray) -> float:
-        return roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b])
+    def statistic(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+        return stats.mannwhitneyu(a, b, axis=axis).statistic / (a.shape[axis] * b.shape[axis])
 
-    value = statistic(pos, neg)
-    result = stats.bootstrap((pos, neg), statistic, vectorized=False, paired=False, n_resamples=n_boot,
+    result = stats.bootstrap((pos, neg), statistic, vectorized=True, paired=False, n_resamples=n_boot,
                              method="percentile", rng=np.random.default_rng(seed))
     p = stats.mannwhitneyu(pos, neg, alternative="greater").pvalue
     return Estimate(value, float(result.confidence_interval.low), float(result.confidence_interval.high), float(p))
@@ -62,9 +63,11 @@ def mean_ci(values: Sequence[float], level: float = 0.95, popmean: float = 0.0,
     return Estimate(float(v.mean()), float(low), float(high), float(test.pvalue), level)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Estimate:
-    """Mean of ``a - b`` over paired models (same seed), with its t interval and paired t-test p-value."""
-    return mean_ci(np.asarray(a, float) - np.asarray(b, float), level)
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95,
+                      bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
+    """Mean of ``a - b`` over paired models (same seed), with its t interval (clipped to ``bounds``) and paired
+    t-test p-value."""
+    return mean_ci(np.asarray(a, float) - np.asarray(b, float), level, bounds=bounds)
 
 
 def equivalence(differences: Sequence[float], margin: float) -> Estimate:

@@ -178,7 +178,7 @@ def drift_verdicts(results: dict[int, dict[str, object]]) -> list[Verdict]:
         rows.append(Verdict(f"drift: I detects {d} drift (power > 5%)", f"power {pw.value:.1%}", pw.ci(1, 100) + " %",
                             REPRODUCED if pw.low > FALSE_ALARM_RATE else NOT_REPRODUCED))
         best = np.maximum(power["mean pixel"], power["embedding mean"])
-        diff = paired_difference(power["I, two-sided"], best)
+        diff = paired_difference(power["I, two-sided"], best, bounds=(-1, 1))
         others = ", ".join(f"{det} {np.mean(power[det]):.0%}" for det in ("mean pixel", "embedding mean"))
         rows.append(Verdict(f"drift: I beats the trivial detectors on {d} drift",
                             f"power I - best trivial {100 * diff.value:+.1f} pts ({others})", diff.ci(1, 100) + " pts",

@@ -252,7 +252,7 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=128, help="images per model for the attribution scores")
     parser.add_argument("--n-mig", type=int, default=2000, help="images per model for MIG")
     parser.add_argument("--steps", type=int, default=600, help="training steps per encoder")
-    parser.add_argument("--constraint-seeds", type=int, default=16, help="evaluation seeds of the constraint study")
+    parser.add_argument("--constraint-seeds", type=int, default=20, help="evaluation seeds of the constraint study")
     parser.add_argument("--serial", action="store_true", help="run the constraint study in this process, not a "
                         "second one (by default it runs beside sections 1-3, one process per core)")
     parser.add_argument("--quick", action="store_true", help="3 seeds, fewer images and batches (under 3 minutes)")
