@@ -176,6 +176,22 @@ def region_share(A: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     return inside / maps.flatten(2).sum(2).clamp_min(torch.finfo(maps.dtype).tiny)
 
 
+def region_distinctness(A: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """How spatially separate the units are, whatever region each one "should" have: ``[N]``.
+
+    Each unit's map ``M_k = sum_c |A_k|`` becomes a distribution over the R regions (its share of mass in each);
+    the score is the mean total-variation distance between the distributions of two different units: 1 when every
+    unit lies in a region of its own, 0 when all units spread alike (e.g. duplicated units). ``A [N, K, C, H, W]``,
+    ``regions [R, H, W]`` bool, ``K >= 2``.
+    """
+    maps = A.abs().sum(2)  # [N, K, H, W]
+    mass = (maps[:, :, None] * regions[None, None]).flatten(3).sum(3)  # [N, K, R]
+    p = mass / mass.sum(2, keepdim=True).clamp_min(torch.finfo(mass.dtype).tiny)
+    tv = 0.5 * (p[:, :, None] - p[:, None]).abs().sum(3)  # [N, K, K], zero diagonal
+    k = p.shape[1]
+    return tv.sum((1, 2)) / (k * (k - 1))
+
+
 def random_rotation(k: int, seed: int) -> torch.Tensor:
     """A random ``k x k`` orthogonal matrix (QR of a seeded Gaussian matrix)."""
     gen = torch.Generator().manual_seed(derive_seed(seed, "rotation"))

@@ -1,4 +1,4 @@
-"""Known answers for the validation suite's ground truth: the region-wired oracle, mixing, shares, noises, statistics."""
+"""Known answers for the validation suite: the region-wired oracle, mixing, shares, noises, statistics."""
 from __future__ import annotations
 
 import sys
@@ -18,9 +18,9 @@ from captum_layerpair._random import seeded
 from captum_layerpair.validation_models import MaskedLinear, RegionEncoder, region_masks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _stats import auroc, equivalence, mean_ci  # noqa: E402
-from _testbeds import (calibrated_informativeness, mixed, region_share, shuffle_noise,  # noqa: E402
-                       uniform_noise)
+from _stats import auroc, equivalence, mean_ci
+from _testbeds import (calibrated_informativeness, mixed, region_distinctness, region_share,
+                       shuffle_noise, uniform_noise)
 
 METHODS = ["paper_expected_gradients", "paper_expected_gradients_gradient_only"]
 
@@ -155,3 +155,17 @@ def test_mean_ci_is_the_t_interval_clipped_to_bounds():
     raw = stats.ttest_1samp(values, 0).confidence_interval(0.95)
     est = mean_ci(values, bounds=(0, 1))
     assert est.low == 0 and est.high == pytest.approx(raw.high) and raw.low < 0
+
+
+def test_region_distinctness_is_one_for_units_in_their_own_regions_and_zero_for_duplicates():
+    regions = region_masks(2, 4)
+    own = regions[None, :, None].float().expand(3, 4, 2, 4, 4)  # unit k uniform on region k
+    assert torch.allclose(region_distinctness(own, regions), torch.ones(3))
+    duplicated = own[:, :1].expand(3, 4, 2, 4, 4)
+    assert torch.allclose(region_distinctness(duplicated, regions), torch.zeros(3))
+    # Two units, region distributions (1, 0) and (1/2, 1/2) over two regions: total variation 1/2.
+    halves = torch.tensor([[True, False], [True, False]]), torch.tensor([[False, True], [False, True]])
+    A = torch.zeros(1, 2, 1, 2, 2)
+    A[0, 0, 0] = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    A[0, 1, 0] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    assert torch.allclose(region_distinctness(A, torch.stack(halves)), torch.tensor([0.5]))
