@@ -24,16 +24,18 @@ __all__ = ["UNITS_PER_PAGE", "CONDITIONS", "score_conditions", "map_pages", "pai
 UNITS_PER_PAGE = {2: 8, 1: 16}
 """Units per page of unit maps, by the number of position dimensions of the maps."""
 
-CONDITIONS = {"calibrated": "calibrated", "model": "trained model", "random_model": "random model",
-              "null": "noise inputs"}
+CONDITIONS = {"calibrated": "calibrated", "calibrated_random_model": "calibrated, random model",
+              "model": "trained model", "random_model": "random model", "null": "noise inputs"}
 """The conditions a score is reported under (key in scores.json -> label), in the order shown."""
 
 
 def score_conditions(summary: ScoreSummary) -> dict[str, ScoreSummary]:
     """The score's summaries by condition key, in ``CONDITIONS`` order: the calibrated score first where the
     summary has one, then the trained model's and its baselines."""
-    found = {"calibrated": getattr(summary, "calibrated", None), "model": summary,
-             "random_model": summary.random_model, "null": summary.null}
+    random_model = summary.random_model
+    found = {"calibrated": getattr(summary, "calibrated", None),
+             "calibrated_random_model": getattr(random_model, "calibrated", None),
+             "model": summary, "random_model": random_model, "null": summary.null}
     return {key: value for key, value in found.items() if value is not None}
 
 

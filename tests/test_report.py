@@ -68,7 +68,7 @@ def test_scores_come_with_both_baselines_and_match_the_metric(report):
     torch.testing.assert_close(torch.tensor(info["calibrated"]["values"]), ratio, rtol=1e-4, atol=1e-6)
     for name in ("informativeness", "disentanglement"):
         conditions = entry["scores"][name]
-        assert set(conditions) - {"calibrated"} == {"model", "random_model", "null"}
+        assert set(conditions) - {"calibrated", "calibrated_random_model"} == {"model", "random_model", "null"}
         for stats in conditions.values():
             assert stats["n"] == N and stats["mean"] == pytest.approx(sum(stats["values"]) / N, abs=1e-5)
     lp = LayerPairAttribution(_model(), "conv3", "embed", "InputXGradient")
@@ -395,11 +395,13 @@ def test_scores_come_from_the_registry_and_a_calibrated_score_is_shown_first(tmp
     result = _build(tmp_path, sources=["conv3"], randomization=False)
     scores = result.summary["layer_pairs"][0]["scores"]
     assert list(scores) == [*[name for name in SCORES if name != "fake"], "fake"]
-    assert list(scores["fake"]) == ["calibrated", "model", "random_model", "null"]
+    assert list(scores["fake"]) == ["calibrated", "model", "random_model", "null"]  # its random model: uncalibrated
     assert scores["fake"]["calibrated"]["mean"] == 2.0 and scores["fake"]["null"]["mean"] == 0.125
-    assert list(scores["informativeness"]) == ["calibrated", "model", "random_model", "null"]
+    assert list(scores["informativeness"]) == ["calibrated", "calibrated_random_model", "model", "random_model",
+                                               "null"]
     page = result.html.read_text(encoding="utf-8")
-    assert "<th>score</th><th>calibrated</th><th>trained model</th>" in page
+    assert ("<th>score</th><th>calibrated</th><th>calibrated, random model</th><th>trained model</th>"
+            in page)
     assert "a score for the test" in page and (tmp_path / "scores_fake.png").exists()
 
 
