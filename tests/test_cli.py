@@ -80,7 +80,8 @@ def test_demo_writes_the_report_with_progress_on_stderr(tmp_path):
     assert summary["inputs"]["shape"] == [12, 1, 16, 16] and summary["method"] == "IntegratedGradients"
     for pair in summary["layer_pairs"]:
         assert set(pair["scores"]) == {"informativeness", "disentanglement"}
-        assert list(pair["scores"]["informativeness"]) == ["calibrated", "calibrated_random_model", "model", "random_model", "null"]
+        assert list(pair["scores"]["informativeness"]) == ["calibrated", "calibrated_random_model", "model",
+                                                           "random_model", "null"]
         assert pair["randomization"]["layer_names"] == ["embed", "conv3", "conv2", "conv1"]
     assert (out / "report.html").read_text().count("data:image/png;base64,") == len(pngs)
     assert "layer pairs" in result.stderr and "100%" in result.stderr  # tqdm progress bars
