@@ -8,6 +8,7 @@ GuidedBackprop) reach its non-linearities.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -34,13 +35,15 @@ class SubNetwork(_LayerPairFunction):
 
     ``a`` is ``[B, *source_shape]`` and every model input has the same batch ``B`` (Captum expands inputs passed
     through ``additional_forward_args`` together with ``a``). ``self.shared``, when set, is a
-    ``SharedForward`` that evaluates all units once and replays them (see ``_shared_forward``).
+    ``SharedForward`` that evaluates all units once and replays them (see ``_shared_forward``); ``self.prefix``,
+    when set, a ``PrefixCache`` that serves the modules before the source from one recorded forward (``_prefix``).
     """
 
     def __init__(self, *args: Any, to_source_input: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.to_source_input = to_source_input
         self.shared = None
+        self.prefix = None
 
     def evaluate(self, a: torch.Tensor, rest: tuple[Any, ...]) -> torch.Tensor:
         """``g(a)`` for all target units (``[B, K]``), with no sharing."""
@@ -50,7 +53,8 @@ class SubNetwork(_LayerPairFunction):
                 raise ValueError(f"the attribution method gave source activations with batch {a.shape[0]} but "
                                  f"model inputs with batch {x.shape[0]}; it must expand additional_forward_args "
                                  "together with its inputs")
-        record = self.pair.run(rest, replacement=a, to_source_input=self.to_source_input)
+        with self.prefix.applied() if self.prefix is not None else nullcontext():
+            record = self.pair.run(rest, replacement=a, to_source_input=self.to_source_input)
         out = self.pair.reduce(record.target_output)
         return out if self.units is None else out[:, self.units]
 
