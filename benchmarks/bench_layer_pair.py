@@ -22,14 +22,16 @@ time; ``--clock wall`` measures wall time. By default the benchmark re-runs itse
 keep freed memory (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): under the default allocator every large
 temporary is a fresh mapping that the kernel zeroes, which adds an erratic 10-100 % of system time to B0, ours and
 the limit alike; ``--allocator default`` measures that way.
-Peak memory: the rise of the resident set's high-water mark during one call, in a fresh process per figure, under
-the default allocator.
+Peak memory: the rise of the resident set's high-water mark during one call, in a fresh process per figure, with
+glibc told to map every block of 64 KiB or more on its own (``MALLOC_MMAP_THRESHOLD_=65536``), so that the resident
+set follows the live tensors rather than what the allocator keeps of freed memory.
 
 Run: ``python benchmarks/bench_layer_pair.py`` (``--quick``: two repeats, fewer K, no B0 on W2).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import subprocess
@@ -53,6 +55,7 @@ WORKLOADS = {"W1": (8, 8, "layer1.3", 32), "W2": (16, 128, "embed", 128)}  # N, 
 LABELS = {"IG": "IntegratedGradients n_steps=16", "IxG": "InputXGradient", "FA": "FeatureAblation 4x4 windows"}
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 STEADY_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**28), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
+TRACKING_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**16)}  # every block >= 64 KiB mapped alone, unmapped when freed
 
 
 def workload(name: str, embed_dim: int | None = None) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -133,8 +136,8 @@ def limit(model, x, mask, target: str, method: str, units: list[int], internal_b
             return _limit_ablation(model, a, h, mask, target, units, max(1, fa_bytes // (a.numel() * 4)))
         if method == "IxG":
             return _limit_gradient(model, a, h, torch.ones(1), torch.zeros_like(a), target, units, None)
-        with torch.no_grad():
-            b = model.layer1[0].conv1(model.stem(torch.zeros_like(x[:1])))
+        with torch.no_grad():  # the baseline's source value, computed on N rows as B0 and ours do (a 1-row batch
+            b = model.layer1[0].conv1(model.stem(torch.zeros_like(x)))  # differs in the last bit: IG flips ReLUs)
         step_sizes, alphas = approximation_parameters("gausslegendre")
         return _limit_gradient(model, a, h, torch.tensor(alphas(N_STEPS)), b, target, units, internal_batch_size,
                                torch.tensor(step_sizes(N_STEPS)))
@@ -176,7 +179,7 @@ def _limit_gradient(model, a, h, alphas, b, target, units, internal_batch_size, 
             if weights is not None:
                 grad = grad * weights[s0:s0 + len(steps)].view(-1, 1, 1, 1, 1)
             result[:, k] += grad.sum(0)
-    return result * (a - b)[:, None] if weights is not None else result * a[:, None]
+    return result.mul_((a - b)[:, None] if weights is not None else a[:, None])
 
 
 # ------------------------------------------------------------------------------------------------ measurement
@@ -209,7 +212,8 @@ def memory_probe(who: str, k: int, internal_batch_size: int | None) -> None:
     """Print the rise of the resident high-water mark (MiB) during one IG call on W2 with ``embed_dim = k``."""
     model, x, mask, target = workload("W2", embed_dim=k)
     run = ours if who == "ours" else limit
-    run(model, x, mask, target, "IG", [0], internal_batch_size)  # warm up allocator and kernels
+    run(model, x, mask, target, "IG", [0], internal_batch_size)  # warm up kernels and libraries
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the memory the warm-up freed back, so the rise counts it again
     before = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark to the current resident set
@@ -220,7 +224,7 @@ def memory_probe(who: str, k: int, internal_batch_size: int | None) -> None:
 def probe(who: str, k: int, internal_batch_size: int | None, threads: int) -> float:
     command = [sys.executable, __file__, "--memory-probe", who, str(k), str(internal_batch_size or 0),
                "--threads", str(threads)]
-    env = {key: value for key, value in os.environ.items() if key not in STEADY_ALLOCATOR}  # the default allocator
+    env = {**{k: v for k, v in os.environ.items() if k not in STEADY_ALLOCATOR}, **TRACKING_ALLOCATOR}
     return float(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.strip())
 
 
@@ -245,27 +249,29 @@ def table_w2(repeats: int, clock: Callable[[], float], ks: list[int], with_b0: b
     model, x, mask, target = workload("W2")
     print(f"\nW2: x {tuple(x.shape)}, source {SOURCE} [16, 32, 32], target {target} (128-d); time against K "
           f"(the first K units); B0 on 8 units, for the difference only")
-    print(f"{'method':32s} {'K':>4s} {'ours s':>8s} {'limit s':>8s} {'ours/limit':>10s} {'rel diff B0':>11s}")
-    for method in ("IG", "IxG", "FA"):
+    print(f"{'method':39s} {'K':>4s} {'ours s':>8s} {'limit s':>8s} {'ours/limit':>10s} {'rel diff B0':>11s}")
+    for method, ibs in (("IG", None), ("IxG", None), ("FA", None), ("IG", 64)):
         reference = b0(model, x, mask, target, method, list(range(8))) if with_b0 else None
+        label = LABELS[method] + ("" if ibs is None else " ibs=64")
         for k in ks:
             units = list(range(k))
-            t, res = interleaved({"ours": lambda m=method, u=units: ours(model, x, mask, target, m, u),
-                                  "limit": lambda m=method, u=units: limit(model, x, mask, target, m, u)},
+            t, res = interleaved({"ours": lambda m=method, u=units, i=ibs: ours(model, x, mask, target, m, u, i),
+                                  "limit": lambda m=method, u=units, i=ibs: limit(model, x, mask, target, m, u, i)},
                                  repeats, clock)
             diff = f"{rel_err(res['ours'][:, :8], reference):11.1e}" if reference is not None else ""
-            print(f"{LABELS[method]:32s} {k:4d} {t['ours']:8.3f} {t['limit']:8.3f} {t['ours'] / t['limit']:10.2f} "
-                  f"{diff}")
+            print(f"{label:39s} {k:4d} {t['ours']:8.3f} {t['limit']:8.3f} {t['ours'] / t['limit']:10.2f} {diff}")
 
 
 def table_memory(ks: list[int], threads: int) -> None:
-    print("\npeak memory of one IG call on W2 with a K-d embedding (rise of the resident high-water mark, MiB; "
-          "fresh process each; the output alone is N K |S| 4 B = K MiB)")
-    print(f"{'K':>4s} {'ours':>8s} {'limit':>8s} {'ours/limit':>10s} {'ours ibs=64':>12s} {'limit ibs=64':>13s}")
+    print("\npeak memory of one IG call on W2 with a K-d embedding (rise of the resident high-water mark, MiB; a "
+          "fresh process each, blocks >= 64 KiB mapped alone; the output alone is N K |S| 4 B = K MiB), without and "
+          "with internal_batch_size=64 (4 of the 16 steps per forward pass)")
+    print(f"{'K':>4s} {'ours':>8s} {'limit':>8s} {'ours/limit':>10s} {'ours ibs=64':>12s} {'limit ibs=64':>13s} "
+          f"{'ours/limit':>10s}")
     for k in ks:
         m = {(who, ibs): probe(who, k, ibs, threads) for who in ("ours", "limit") for ibs in (None, 64)}
         print(f"{k:4d} {m['ours', None]:8.0f} {m['limit', None]:8.0f} {m['ours', None] / m['limit', None]:10.2f} "
-              f"{m['ours', 64]:12.0f} {m['limit', 64]:13.0f}")
+              f"{m['ours', 64]:12.0f} {m['limit', 64]:13.0f} {m['ours', 64] / m['limit', 64]:10.2f}")
 
 
 def main() -> None:

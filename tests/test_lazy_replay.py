@@ -59,7 +59,7 @@ def test_module_hooking_methods_still_take_all_rows_from_one_backward_pass(setup
 
 
 @pytest.mark.parametrize("internal_batch_size", [None, 3, 6])
-def test_internal_batch_size_bounds_the_kept_graphs_and_recomputes_the_rest(setup, monkeypatch, internal_batch_size):
+def test_internal_batch_size_bounds_the_graphs_and_groups_the_units(setup, monkeypatch, internal_batch_size):
     model, x = setup
     rows = []
     original = SubNetwork.evaluate
@@ -68,8 +68,24 @@ def test_internal_batch_size_bounds_the_kept_graphs_and_recomputes_the_rest(setu
     lp = LayerPairAttribution(model, SOURCE, TARGET, method=IntegratedGradients, method_kwargs={"n_steps": 4})
     fast = lp.attribute(x, **extra)
     evaluations = 4 * N // (internal_batch_size or 4 * N)  # Captum's forward passes per unit, of ib rows each
-    kept = 1 if internal_batch_size else evaluations
-    assert len(rows) == evaluations + (8 - 1) * (evaluations - kept)  # the first unit records, later ones recompute
-    assert max(rows) == (internal_batch_size or 4 * N)
+    groups, left = divmod(len(rows), evaluations)
+    assert left == 0 and max(rows) == (internal_batch_size or 4 * N)
+    if internal_batch_size is None:
+        assert groups == 1  # every unit replays the recorded graphs
+    else:
+        assert 2 <= groups < 8  # the first unit alone, then groups whose rows fit in one graph's memory
     rows.clear()
     assert rel_err(fast, lp.attribute(x, vectorize="loop", **extra)) < 1e-5
+
+
+def test_group_size_follows_the_measured_graph_memory():
+    shared = _shared_forward.SharedForward("eager", measure=True)
+    leaf_rows = torch.randn(6, 10, requires_grad=True)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Tanh(), torch.nn.Linear(10, 2)).requires_grad_(False)
+    shared.record()
+    out = shared(leaf_rows, (), lambda a, rest: net(a))
+    assert out.shape == (6, 2)
+    # saved for backward (parameters frozen): both weights (100 + 20 floats) and the tanh output (6 x 10)
+    per_row = shared.graph_bytes_per_row
+    assert per_row == 4 * (100 + 20 + 6 * 10) / 6
+    assert shared.units_within_graph(6) == int(per_row * 6 // (6 * 10 * 4)) == 3

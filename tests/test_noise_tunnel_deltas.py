@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel
+from captum.attr import DeepLiftShap, GradientShap, IntegratedGradients, NoiseTunnel
 
 from captum_layerpair import LayerPairAttribution
 from captum_layerpair.models import SmallResNet
@@ -84,10 +84,13 @@ def test_attributions_and_deltas_equal_integrated_gradients_at_the_same_noise_dr
         assert torch.allclose(delta[:, k], torch.stack(deltas, 1), rtol=1e-4, atol=1e-6)
 
 
-def test_gradient_shap_deltas_are_per_sample(setup):
+@pytest.mark.parametrize("method, kwargs, m", [
+    (GradientShap, {"baselines": torch.zeros(2, 4, 8, 8), "n_samples": 4}, 4),  # one delta per sample
+    (DeepLiftShap, {"baselines": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}, 2),
+])
+def test_shap_deltas_come_per_sample_or_baseline(setup, method, kwargs, m):
     model, x = setup
-    lp = LayerPairAttribution(model, SOURCE, TARGET, method=GradientShap,
-                              method_kwargs={"baselines": torch.zeros(2, 4, 8, 8), "n_samples": 4})
+    lp = LayerPairAttribution(model, SOURCE, TARGET, method=method, method_kwargs=kwargs)
     A, delta = seeded(lp, x)
     _, delta_loop = seeded(lp, x, vectorize="loop")
-    assert delta.shape == (N, 8, 4) and torch.allclose(delta, delta_loop, rtol=1e-5, atol=1e-6)
+    assert delta.shape == (N, 8, m) and torch.allclose(delta, delta_loop, rtol=1e-5, atol=1e-6)

@@ -98,7 +98,8 @@ def _feature_ids(feature_mask: Any, a: torch.Tensor, raw: bool) -> tuple[torch.T
     them; ``raw=True`` (ShapleyValueSampling): ``ids`` are the mask values, features ``0 .. max``.
     ``ids`` is ``None`` for a mask that does not broadcast to ``a`` (Captum reports it).
     """
-    (mask,) = _format_feature_mask(feature_mask, (a,))
+    masks = _format_feature_mask(feature_mask, (a,))
+    mask = masks[0] if len(masks) == 1 else None
     if not isinstance(mask, torch.Tensor) or mask.dim() > a.dim() or mask.is_floating_point():
         return None, a.new_empty(0)
     mask = mask.reshape((1,) * (a.dim() - mask.dim()) + tuple(mask.shape)).to(a.device)

@@ -34,7 +34,7 @@ from captum_layerpair.layers import LayerPair
 
 __all__ = ["PrefixCache"]
 
-_VERIFY_ROWS = 256  # rows compared at a time when checking that a module received recorded rows
+_VERIFY_ROWS = 32  # rows compared at a time when checking that a module received recorded rows
 
 
 class _StopPrefix(Exception):
@@ -124,26 +124,34 @@ class PrefixCache:
         self.records = records
 
     @classmethod
-    def record(cls, pair: LayerPair, inputs: tuple[Any, ...], to_source_input: bool = False) -> PrefixCache | None:
+    def record(cls, pair: LayerPair, inputs: tuple[Any, ...], to_source_input: bool = False,
+               source_value: torch.Tensor | None = None) -> PrefixCache | None:
         """Run ``pair.model(*inputs)`` up to the source and keep what later evaluations can reuse.
 
-        ``None`` when nothing can be reused (no module finishes before the source, a model that is not an
-        ``nn.Module``, global module hooks).
+        ``source_value``: the source layer's output on ``inputs`` where already known (the forward then stops
+        before the source runs). ``None`` when nothing can be reused (no module finishes before the source, a model
+        that is not an ``nn.Module``, global module hooks).
         """
         model, source = pair.model, pair.source.module
         if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule) or _global_hooks():
             return None
         finished: list[_Record] = []
         state = {"source_started": False}
+        known = None if to_source_input or _has_hooks(source) else source_value
 
         def wrap(module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
             def recording(*args: Any, **kwargs: Any) -> Any:
                 if module is source:
                     state["source_started"] = True
-                    if to_source_input:
+                    if to_source_input and pair.stop_at_target:
+                        raise _StopPrefix
+                    if known is not None and pair.stop_at_target:
+                        arg = args[0] if len(args) == 1 and not kwargs else None
+                        if _recordable(module, arg, known):
+                            finished.append(_Record.of(module, arg, known))
                         raise _StopPrefix
                 out = forward(*args, **kwargs)
-                if not state["source_started"] or module is source:
+                if not state["source_started"] or (module is source and not to_source_input):
                     arg = args[0] if len(args) == 1 and not kwargs else None
                     if _recordable(module, arg, out) and all(r.module is not module for r in finished):
                         finished.append(_Record.of(module, arg, out))

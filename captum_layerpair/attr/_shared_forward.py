@@ -13,17 +13,17 @@ What an evaluation keeps for the gradients (``SharedForward(mode=...)``):
 
 * ``"lazy"`` (default): the recorded forward graph; each unit back-propagates through it on demand (one backward
   pass per unit and evaluation, as the per-unit path does, without its forward passes). Memory: the graphs of one
-  method run, independent of the number of units. With ``keep_rows`` only the first evaluations' graphs, up to
-  that many rows in all, are kept; the others are recomputed (one forward and one backward pass) when a later unit
-  needs them, so memory follows ``internal_batch_size`` at the price of those forward passes.
-* ``"eager"``: the full Jacobian rows ``[K, B, *S]``, computed once. For methods whose backward hooks hold
-  per-forward state that one backward pass consumes (DeepLift, guided backpropagation).
+  method run, independent of the number of units.
+* ``"eager"``: the Jacobian rows ``[K, B, *S]`` of the chunk's units, computed once, the graph freed. For methods
+  whose backward hooks hold per-forward state that one backward pass consumes (DeepLift, guided backpropagation),
+  and for memory bounded by ``internal_batch_size`` (small groups of units; ``units_within_graph``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-from collections.abc import Callable
 
 import torch
 
@@ -75,41 +75,49 @@ def _vjp(out: torch.Tensor, leaf: torch.Tensor, grad_out: torch.Tensor, retain: 
 
 @dataclass
 class _Entry:
-    """One recorded evaluation: its inputs ``[B, *S]``, outputs ``[B, K]`` and what its gradients come from."""
+    """One recorded evaluation: its inputs ``[B, *S]`` (the evaluated tensor itself, not a copy: an in-place change
+    shows in its version counter), outputs ``[B, K]`` and what its gradients come from."""
 
     inputs: torch.Tensor
     out: torch.Tensor
     source: tuple[torch.Tensor, int] | None = None  # (the tensor evaluated, its version): a cheap replay check
-    rest: tuple[Any, ...] = ()  # the model inputs, to recompute a graph that was not kept
-    evaluate: Evaluate | None = None
     graph: tuple[torch.Tensor, torch.Tensor] | None = None  # (out with its graph, leaf): lazy mode
-    keep: bool = True  # lazy: keep the graph for later units (else drop it after the first backward pass)
     jac: torch.Tensor | None = None  # [K, B, *S]: eager mode
 
     @property
     def differentiable(self) -> bool:
-        return self.evaluate is not None or self.jac is not None
+        return self.graph is not None or self.jac is not None
 
     def matches(self, a: torch.Tensor) -> bool:
         """Whether ``a`` holds the recorded inputs (the same unchanged tensor, or equal values)."""
-        if self.source is not None and self.source[0] is a and self.source[1] == a._version:
-            return True
-        return self.inputs.shape == a.shape and torch.equal(self.inputs, a.detach())
+        if self.source is None or self.inputs._version != self.source[1]:
+            return False  # the recorded inputs were changed in place since
+        return self.source[0] is a or (self.inputs.shape == a.shape and torch.equal(self.inputs, a.detach()))
 
     def vjp(self, grad_out: torch.Tensor) -> torch.Tensor:
         """``grad_out [B, K]`` times the Jacobian of the evaluation: ``[B, *S]``."""
         if self.jac is not None:
             used = grad_out.ne(0).any(0).nonzero().flatten()  # Captum selects one unit: contract over it only
             return torch.einsum("bk,kb...->b...", grad_out[:, used], self.jac[used])
-        if self.graph is not None:
-            out, leaf = self.graph
-            if not self.keep:
-                self.graph = None
-            return _vjp(out, leaf, grad_out, retain=self.keep)
-        assert self.evaluate is not None
-        with torch.enable_grad():  # recompute: the graph was not kept (keep_rows)
-            leaf = self.inputs.detach().requires_grad_()
-            return _vjp(self.evaluate(leaf, self.rest), leaf, grad_out, retain=False)
+        assert self.graph is not None
+        out, leaf = self.graph
+        return _vjp(out, leaf, grad_out, retain=True)
+
+
+@contextmanager
+def _saved_bytes() -> Iterator[list[int]]:
+    """Count the bytes of the distinct tensors autograd saves for backward inside the block."""
+    total, seen = [0], set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return t.detach()  # not ``t``: a saved output would hold its own grad_fn (a cycle autograd cannot free)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
 
 
 class _Recorded(torch.autograd.Function):
@@ -134,23 +142,24 @@ class SharedForward:
         ``"lazy"`` (keep the forward graphs, back-propagate per unit) or ``"eager"`` (Jacobian rows).
     batched_vjp:
         Eager mode: compute the rows with one batched vector-Jacobian product (see ``jacobian_rows``).
-    keep_rows:
-        Lazy mode: keep the graphs of at most this many evaluated rows in all; later evaluations are recomputed
-        for each unit. ``None``: keep every graph.
+    measure:
+        Eager mode: measure, while recording, the bytes a forward graph keeps per row and the rows evaluated
+        (for ``units_within_graph``).
     """
 
     def __init__(self, mode: Literal["lazy", "eager"] = "lazy", batched_vjp: bool | None = None,
-                 keep_rows: int | None = None) -> None:
+                 measure: bool = False) -> None:
         self.mode = mode
         self.batched_vjp = batched_vjp
-        self.keep_rows = keep_rows
+        self.measure = measure
+        self.graph_bytes_per_row = 0.0  # the largest over the recorded evaluations
+        self.rows_bytes = 0  # the bytes of one unit's Jacobian rows over all evaluations
         self.entries: list[_Entry] = []
         self.position = 0
         self.recording = True
-        self.kept_rows = 0
 
     def record(self) -> None:
-        self.entries, self.position, self.recording, self.kept_rows = [], 0, True, 0
+        self.entries, self.position, self.recording = [], 0, True
 
     def replay(self) -> None:
         self.position, self.recording = 0, False
@@ -158,6 +167,13 @@ class SharedForward:
     def release(self) -> None:
         """Drop every recorded evaluation (and the graphs they keep)."""
         self.record()
+
+    def units_within_graph(self, rows: int) -> int:
+        """How many units' Jacobian rows fit in the memory of a forward graph of ``rows`` rows (at least 1),
+        from what ``measure=True`` saw."""
+        if self.rows_bytes == 0:
+            return 1
+        return max(1, int(self.graph_bytes_per_row * rows // self.rows_bytes))
 
     def __call__(self, a: torch.Tensor, rest: tuple[Any, ...], evaluate: Evaluate) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and a.requires_grad
@@ -169,16 +185,20 @@ class SharedForward:
             return evaluate(a, rest)
         if not needs_grad:
             out = evaluate(a, rest)
-            self.entries.append(_Entry(a.detach().clone(), out.detach(), (a, a._version)))
+            self.entries.append(_Entry(a.detach(), out.detach(), (a, a._version)))
             return out
-        leaf = a.detach().clone().requires_grad_()  # our own copy: the graph and the replay check read it
-        out = evaluate(leaf, rest)
+        leaf = a.detach().requires_grad_()  # shares memory and version counter with ``a``: no copy
+        if self.measure:
+            with _saved_bytes() as saved:
+                out = evaluate(leaf, rest)
+            self.graph_bytes_per_row = max(self.graph_bytes_per_row, saved[0] / max(1, len(a)))
+            self.rows_bytes += a.numel() * a.element_size()
+        else:
+            out = evaluate(leaf, rest)
         if self.mode == "eager":
             entry = _Entry(leaf.detach(), out.detach(), (a, a._version),
                            jac=jacobian_rows(out, leaf, batched=self.batched_vjp).detach())
         else:
-            keep = self.keep_rows is None or self.kept_rows + len(a) <= self.keep_rows
-            self.kept_rows += len(a) if keep else 0
-            entry = _Entry(leaf.detach(), out.detach(), (a, a._version), rest, evaluate, (out, leaf), keep)
+            entry = _Entry(leaf.detach(), out.detach(), (a, a._version), (out, leaf))
         self.entries.append(entry)
         return _Recorded.apply(a, entry.out, entry)

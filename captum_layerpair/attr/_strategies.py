@@ -80,20 +80,57 @@ class AttributionJob:
         if self.method.is_layer_method or not hasattr(self.function, "prefix"):
             return
         if self.prefix is None:
-            self.prefix = PrefixCache.record(self.function.pair, self.forward_args,
-                                             self.function.to_source_input) or False
+            to_input = self.function.to_source_input
+            self.prefix = PrefixCache.record(self.function.pair, self.forward_args, to_input,
+                                             None if to_input else self.inputs[0]) or False
         self.function.prefix = self.prefix or None
 
 
 def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
              progress: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One Captum run per unit of ``units`` (same RNG state for each), sharing forwards if ``share_forwards``."""
+    """One Captum run per unit of ``units`` (same RNG state for each), sharing forwards if ``share_forwards``.
+
+    Shared forwards keep their graphs for the later units (``SharedForward`` lazy mode), except for methods that
+    hook the model's modules and, with ``internal_batch_size``, to bound memory by it (``_bounded``).
+    """
     instance = job.build()
-    shared = _shared_forward(instance, job.kwargs) if share_forwards else None
+    if not share_forwards:
+        return _run_units(job, instance, units, None, progress)
+    inner = instance.attribution_method if isinstance(instance, NoiseTunnel) else instance
+    if isinstance(inner, MODULE_HOOKING):
+        # their backward hooks hold per-forward state that one backward pass consumes: all rows from that pass
+        shared = SharedForward("eager", batched_vjp=True if isinstance(inner, DeepLift) else None)
+        return _run_units(job, instance, units, shared, progress)
+    if job.kwargs.get("internal_batch_size") is not None:
+        return _bounded(job, units, job.kwargs["internal_batch_size"], progress)
+    return _run_units(job, instance, units, SharedForward("lazy"), progress)
+
+
+def _bounded(job: AttributionJob, units: torch.Tensor, internal_batch_size: int,
+             progress: tqdm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Memory bounded by ``internal_batch_size``: no forward graph outlives its evaluation (of at most that many
+    rows); the evaluation's Jacobian rows for a group of units are kept instead. The first unit, run alone,
+    measures what a graph row and the unit's rows cost; the groups are as large as keeps their rows within the
+    memory of one evaluation's graph (``SharedForward.units_within_graph``)."""
+    first = SharedForward("eager", measure=True)
+    attr, delta = _run_units(job, job.build(), units[:1], first, progress)
+    attrs = attr.new_empty(attr.shape[0], len(units), *attr.shape[2:])  # filled group by group: no concatenation
+    attrs[:, :1] = attr
+    deltas = [delta]
+    size = first.units_within_graph(internal_batch_size)
+    for start in range(1, len(units), size):
+        group = units[start:start + size]
+        _, delta = _run_units(job, job.build(), group, SharedForward("eager"), progress, attrs[:, start:start + size])
+        deltas.append(delta)
+    return attrs, None if deltas[0] is None else torch.cat(deltas, 1)
+
+
+def _run_units(job: AttributionJob, instance: Any, units: torch.Tensor, shared: SharedForward | None,
+               progress: tqdm | None, attrs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the method once per unit; write the attributions into ``attrs [N, k, *S]`` (allocated if ``None``)."""
     inputs = job.captum_inputs()
     if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
         inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag
-    attrs: torch.Tensor | None = None  # [N, k, *S], filled unit by unit
     deltas = []
     if shared is not None:
         job.function.units, job.function.shared = units, shared
@@ -118,14 +155,6 @@ def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
         if shared is not None:
             shared.release()
     return attrs, _stack_deltas(deltas, job.n, instance, job.kwargs)
-
-
-def _shared_forward(instance: Any, kwargs: dict[str, Any]) -> SharedForward:
-    inner = instance.attribution_method if isinstance(instance, NoiseTunnel) else instance
-    if isinstance(inner, MODULE_HOOKING):
-        # their backward hooks hold per-forward state that one backward pass consumes: all rows from that pass
-        return SharedForward("eager", batched_vjp=True if isinstance(inner, DeepLift) else None)
-    return SharedForward("lazy", keep_rows=kwargs.get("internal_batch_size"))
 
 
 def native(job: AttributionJob, units: torch.Tensor,
