@@ -1,7 +1,7 @@
 """The input -> source prefix is computed once per call where that is safe, and never changes a result."""
 import pytest
 import torch
-from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients
+from captum.attr import DeepLift, FeatureAblation, InputXGradient, IntegratedGradients
 from torch import nn
 
 from captum_layerpair import LayerPairAttribution
@@ -138,3 +138,13 @@ def test_no_patched_forward_is_left_on_the_model_even_after_an_error(x):
     model.fail = False
     lp.attribute(x)
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_prefix_outputs_that_need_a_graph_are_computed(x):
+    """DeepLift keeps the parameters' gradients on and hooks every non-linearity: nothing is served."""
+    model = SkipNet().eval()
+    lp = LayerPairAttribution(model, "source", "head", method=DeepLift)
+    model.pre.calls = 0
+    fast = lp.attribute(x)
+    assert model.pre.calls == 3  # reference forward, prefix record and the one evaluation
+    assert rel_err(fast, lp.attribute(x, vectorize="loop")) < 1e-5

@@ -13,8 +13,8 @@ A module is served from the record only when that is safe:
 * it returned before the source module was called, and it and its submodules are in eval mode;
 * it returned a tensor that does not share memory with its inputs, from tensor arguments only;
 * at the call: its input equals rows of the recorded input, element for element (the rows Captum expanded, in any
-  order); none of its submodules has hooks (they would not run); no global module hooks are registered; no
-  parameter of it requires a gradient while gradients are recorded.
+  order); none of its submodules has hooks (they would not run); no global module hooks are registered; while
+  gradients are recorded, neither its input nor its parameters require one (its output would need a graph).
 
 Otherwise it runs as usual. As Captum's batching does, this assumes that a module in eval mode computes each
 example independently of the others in the batch.
@@ -181,7 +181,8 @@ class PrefixCache:
             record = by_module[id(module)]
 
             def served(*args: Any, **kwargs: Any) -> Any:
-                if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) \
+                        and not (torch.is_grad_enabled() and args[0].requires_grad):
                     idx = record.rows(args[0])
                     if idx is not None:
                         return record.out.index_select(0, idx)
