@@ -3,9 +3,11 @@
 ``per_unit``: one Captum run per unit, the RNG reset before each so all units see the same random draws; with a
 ``SharedForward`` the runs share their forward passes and gradients (the fast path for gradient methods and any
 method without native multi-output support), without it they are independent (``vectorize="loop"``).
-``native``: one run with ``target=None`` on a function returning all units (Captum's ablation family).
+``native``: Captum's ablation family for all units from the same perturbed forwards, with our own accounting
+(``_ablation``), or one Captum run with ``target=None`` where that does not cover the call.
 ``folded``: one run with the batch repeated once per unit and one target per row (``vectorize="batched"``).
-Each returns ``(attributions [N, k, *S], deltas [N, k] or None)``.
+Each returns ``(attributions [N, k, *S], deltas [N, k] or None)``; methods that return several deltas per example
+(a NoiseTunnel: one per noise draw; GradientShap, DeepLiftShap: one per sample or baseline) give ``[N, k, m]``.
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from captum.attr import DeepLift
-from captum.attr._utils.attribution import PerturbationAttribution
+from captum.attr import DeepLift, NoiseTunnel, PerturbationAttribution
 from torch import nn
 from tqdm import tqdm
 
 from captum_layerpair._random import RNGState, rng_state, set_rng_state
-from captum_layerpair.attr._methods import DISTRIBUTION_BASELINES, ResolvedMethod
+from captum_layerpair.attr._ablation import ablation_attributions
+from captum_layerpair.attr._methods import DISTRIBUTION_BASELINES, MODULE_HOOKING, ResolvedMethod
+from captum_layerpair.attr._prefix import PrefixCache
 from captum_layerpair.attr._shared_forward import SharedForward
 
 __all__ = ["AttributionJob", "per_unit", "native", "folded"]
@@ -42,6 +45,7 @@ class AttributionJob:
     return_delta: bool = False
     show_progress: bool = False
     rng_state: RNGState = field(default_factory=rng_state)
+    prefix: PrefixCache | None | bool = field(default=None, repr=False)  # False: recorded, nothing to reuse
 
     def reset_rng(self) -> None:
         """Every unit (and every chunk of units) starts from the RNG state of the attribute call."""
@@ -70,23 +74,66 @@ class AttributionJob:
     def build(self) -> Any:
         return self.method.instantiate(self.function, self.source_module)
 
+    def share_prefix(self) -> None:
+        """Serve the sub-network's input -> source prefix from one forward recorded per call (``_prefix``)."""
+        if self.method.is_layer_method or not hasattr(self.function, "prefix"):
+            return
+        if self.prefix is None:
+            to_input = self.function.to_source_input
+            self.prefix = PrefixCache.record(self.function.pair, self.forward_args, to_input,
+                                             None if to_input else self.inputs[0]) or False
+        self.function.prefix = self.prefix or None
+
 
 def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
              progress: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One Captum run per unit of ``units`` (same RNG state for each), sharing forwards if ``share_forwards``."""
+    """One Captum run per unit of ``units`` (same RNG state for each), sharing forwards if ``share_forwards``.
+
+    Shared forwards keep their graphs for the later units (``SharedForward`` lazy mode), except for methods that
+    hook the model's modules and, with ``internal_batch_size``, to bound memory by it (``_bounded``).
+    """
     instance = job.build()
-    shared = None
-    if share_forwards:
-        # DeepLift's backward hooks hold per-forward state that one backward pass consumes: batch all units in it
-        method = getattr(instance, "attribution_method", instance)  # also NoiseTunnel(DeepLift(...))
-        shared = SharedForward(batched_vjp=True if isinstance(method, DeepLift) else None)
+    if not share_forwards:
+        return _run_units(job, instance, units, None, progress)
+    inner = instance.attribution_method if isinstance(instance, NoiseTunnel) else instance
+    if isinstance(inner, MODULE_HOOKING):
+        # their backward hooks hold per-forward state that one backward pass consumes: all rows from that pass
+        shared = SharedForward("eager", batched_vjp=True if isinstance(inner, DeepLift) else None)
+        return _run_units(job, instance, units, shared, progress)
+    if job.kwargs.get("internal_batch_size") is not None:
+        return _bounded(job, units, job.kwargs["internal_batch_size"], progress)
+    return _run_units(job, instance, units, SharedForward("lazy"), progress)
+
+
+def _bounded(job: AttributionJob, units: torch.Tensor, internal_batch_size: int,
+             progress: tqdm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Memory bounded by ``internal_batch_size``: no forward graph outlives its evaluation (of at most that many
+    rows); the evaluation's Jacobian rows for a group of units are kept instead. The first unit, run alone,
+    measures what a graph row and the unit's rows cost; the groups are as large as keeps their rows within the
+    memory of one evaluation's graph (``SharedForward.units_within_graph``)."""
+    first = SharedForward("eager", measure=True)
+    attr, delta = _run_units(job, job.build(), units[:1], first, progress)
+    attrs = attr.new_empty(attr.shape[0], len(units), *attr.shape[2:])  # filled group by group: no concatenation
+    attrs[:, :1] = attr
+    deltas = [delta]
+    size = first.units_within_graph(internal_batch_size)
+    for start in range(1, len(units), size):
+        group = units[start:start + size]
+        _, delta = _run_units(job, job.build(), group, SharedForward("eager"), progress, attrs[:, start:start + size])
+        deltas.append(delta)
+    return attrs, None if deltas[0] is None else torch.cat(deltas, 1)
+
+
+def _run_units(job: AttributionJob, instance: Any, units: torch.Tensor, shared: SharedForward | None,
+               progress: tqdm | None, attrs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the method once per unit; write the attributions into ``attrs [N, k, *S]`` (allocated if ``None``)."""
     inputs = job.captum_inputs()
     if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
         inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag
-    attrs: torch.Tensor | None = None  # [N, k, *S], filled unit by unit
     deltas = []
     if shared is not None:
         job.function.units, job.function.shared = units, shared
+        job.share_prefix()
     try:
         for i, unit in enumerate(units.tolist()):
             job.reset_rng()
@@ -102,25 +149,46 @@ def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
                 progress.update(1)
     finally:
         job.function.units, job.function.shared = None, None
-    return attrs, _stack_deltas(deltas, job.n)
+        if hasattr(job.function, "prefix"):
+            job.function.prefix = None
+        if shared is not None:
+            shared.release()
+    return attrs, _stack_deltas(deltas, job.n, instance, job.kwargs)
 
 
 def native(job: AttributionJob, units: torch.Tensor,
            progress: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One run of an ablation-family method with ``target=None`` on a function returning the chunk's units."""
+    """An ablation-family method for all of the chunk's units from the same perturbed forwards."""
     instance = job.build()
     job.function.units = units
     job.reset_rng()
     try:
-        kwargs = dict(job.kwargs)
-        if job.show_progress:
-            kwargs.setdefault("show_progress", True)
-        attr, _ = job.call(instance, job.captum_inputs(), None, job.forward_args, kwargs)
+        job.share_prefix()
+        attr = None
+        if len(job.inputs) == 1 and not job.return_delta:
+            attr = ablation_attributions(instance, job.function, job.inputs[0], job.forward_args, job.kwargs,
+                                         job.show_progress)
+        if attr is None:
+            if _per_example_mask(job):  # Captum's multi-output accounting cannot broadcast it
+                return per_unit(job, units, True, progress)
+            kwargs = dict(job.kwargs)
+            if job.show_progress:
+                kwargs.setdefault("show_progress", True)
+            attr, _ = job.call(instance, job.captum_inputs(), None, job.forward_args, kwargs)
     finally:
         job.function.units = None
+        if hasattr(job.function, "prefix"):
+            job.function.prefix = None
     if progress is not None:
         progress.update(len(units))
     return attr.detach().reshape(job.n, len(units), *job.inputs[0].shape[1:]), None
+
+
+def _per_example_mask(job: AttributionJob) -> bool:
+    masks = job.kwargs.get("feature_mask")
+    masks = masks if isinstance(masks, tuple) else (masks,)
+    return job.n > 1 and any(isinstance(m, torch.Tensor) and m.dim() == job.inputs[0].dim() and m.shape[0] > 1
+                             for m in masks)
 
 
 def folded(job: AttributionJob, units: torch.Tensor,
@@ -141,7 +209,11 @@ def folded(job: AttributionJob, units: torch.Tensor,
     if progress is not None:
         progress.update(k)
     attr = attr.detach().reshape(k, n, *attr.shape[1:]).transpose(0, 1)
-    return attr, None if delta is None else delta.detach().reshape(k, n).transpose(0, 1)
+    if delta is None:
+        return attr, None
+    delta = _deltas_per_example(torch.as_tensor(delta).detach(), k * n, instance, kwargs)  # [k n, m]
+    delta = delta.reshape(k, n, -1).transpose(0, 1)
+    return attr, delta[..., 0] if delta.shape[-1] == 1 else delta
 
 
 def _is_batched(value: Any, n: int) -> bool:
@@ -158,7 +230,23 @@ def _fold_kwarg(value: Any, n: int, k: int) -> Any:
     return _repeat(value, k) if _is_batched(value, n) and n > 1 else value
 
 
-def _stack_deltas(deltas: list[torch.Tensor | None], n: int) -> torch.Tensor | None:
+def _stack_deltas(deltas: list[torch.Tensor | None], n: int, instance: Any,
+                  kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The per-unit deltas as ``[N, k]``, or ``[N, k, m]`` for methods with ``m > 1`` deltas per example."""
     if not deltas or deltas[0] is None:
         return None
-    return torch.stack([torch.as_tensor(d).detach().reshape(n) for d in deltas], 1)
+    stacked = torch.stack([_deltas_per_example(torch.as_tensor(d).detach(), n, instance, kwargs) for d in deltas], 1)
+    return stacked[..., 0] if stacked.shape[-1] == 1 else stacked
+
+
+def _deltas_per_example(delta: torch.Tensor, n: int, instance: Any, kwargs: dict[str, Any]) -> torch.Tensor:
+    """One method run's deltas as ``[n, m]``: Captum returns ``m`` per example, example-major (``repeat_interleave``
+    of the inputs), and a NoiseTunnel concatenates its batches of ``nt_samples_batch_size`` draws."""
+    delta = delta.reshape(-1)
+    if isinstance(instance, NoiseTunnel) and delta.numel() > n:
+        total = kwargs.get("nt_samples", 5)
+        size = min(total, kwargs.get("nt_samples_batch_size") or total)
+        sizes = [size] * (total // size) + ([total % size] if total % size else [])
+        if sum(sizes) * n == delta.numel():
+            return torch.cat([part.reshape(n, -1) for part in delta.split([s * n for s in sizes])], 1)
+    return delta.reshape(n, -1)

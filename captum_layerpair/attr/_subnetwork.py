@@ -13,6 +13,7 @@ gradient) and those on paths that skip it compute constants of ``g_x``, as in a 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -61,12 +62,14 @@ class SubNetwork(_LayerPairFunction):
 
     ``a`` is ``[B, *source_shape]`` and every model input has the same batch ``B`` (Captum expands inputs passed
     through ``additional_forward_args`` together with ``a``). ``self.shared``, when set, is a
-    ``SharedForward`` that evaluates all units once and replays them (see ``_shared_forward``).
+    ``SharedForward`` that evaluates all units once and replays them (see ``_shared_forward``); ``self.prefix``,
+    when set, a ``PrefixCache`` that serves the modules before the source from one recorded forward (``_prefix``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.shared = None
+        self.prefix = None
 
     def model_inputs(self, a: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
         return rest
@@ -79,7 +82,8 @@ class SubNetwork(_LayerPairFunction):
                 raise ValueError(f"the attribution method gave source activations with batch {a.shape[0]} but "
                                  f"model inputs with batch {x.shape[0]}; it must expand additional_forward_args "
                                  "together with its inputs")
-        record = self.pair.run(rest, replacement=a, to_source_input=self.to_source_input)
+        with self.prefix.applied() if self.prefix is not None else nullcontext():
+            record = self.pair.run(rest, replacement=a, to_source_input=self.to_source_input)
         out = self.pair.reduce(record.target_output)
         return out if self.units is None else out[:, self.units]
 

@@ -41,10 +41,11 @@ class LayerPairAttribution(Attribution):
     * A Captum layer method (LayerIntegratedGradients, LayerConductance, ...) attributes ``x -> [N, K]`` with
       ``layer=source``; its ``baselines`` (and ``input_baselines``) live in model-input space.
 
-    All target units come from one call. Gradient methods share one forward pass per step and compute every
-    unit's gradient with one batched vector-Jacobian product; Captum's ablation family reads every unit from the
-    same perturbed forwards; other methods share their forwards across units. Every unit sees the same random
-    draws (noise, interpolation points, baselines), so units are comparable and the fast path equals the loop.
+    All target units come from one call. Gradient methods share one forward pass per step and back-propagate
+    each unit through that recorded graph (memory independent of K); Captum's ablation family reads every unit
+    from the same perturbed forwards; other methods share their forwards across units; the input -> source prefix
+    runs once per call. Every unit sees the same random draws (noise, interpolation points, baselines), so units
+    are comparable and the fast path equals the loop.
 
     Parameters
     ----------
@@ -210,8 +211,9 @@ class LayerPairAttribution(Attribution):
         attribute_to_source_input:
             Attribute to the source layer's input instead of its output.
         target_batch_size:
-            Process this many target units at a time (bounds memory: the fast gradient path holds
-            ``target_batch_size`` gradient rows per evaluated point).
+            Process this many target units at a time (each chunk runs its own forward passes; bounds the
+            Jacobian rows DeepLift-type methods hold). ``internal_batch_size`` (IntegratedGradients) bounds the
+            forward graphs gradient methods keep: at most that many rows at a time, recomputed for each unit.
         return_convergence_delta:
             Also return the method's convergence delta per sample and unit, measured against ``g_x``.
         show_progress:
@@ -230,7 +232,9 @@ class LayerPairAttribution(Attribution):
             ``[N, K, *source_shape]`` for ``target=None``, ``[N, *source_shape]`` for an int,
             ``[N, len(target), *source_shape]`` for a list.
         delta:
-            With ``return_convergence_delta=True``: ``[N, K]`` (``[N]`` for an int target).
+            With ``return_convergence_delta=True``: ``[N, K]`` (``[N]`` for an int target); ``[N, K, m]``
+            (``[N, m]``) for methods that give ``m`` deltas per example, as Captum returns them: a NoiseTunnel
+            one per noise draw (``m = nt_samples``), GradientShap one per sample, DeepLiftShap one per baseline.
         """
         x = _format_tensor_into_tuples(inputs)
         _check_inputs(x)
