@@ -1,11 +1,12 @@
-"""Gradient methods keep the recorded forward graphs, not K Jacobian rows; ``internal_batch_size`` bounds them."""
+"""Gradient methods: recorded graphs replayed per unit (not K Jacobian rows), internal_batch_size bounds them, and
+Saliency / InputXGradient take every unit from one forward pass."""
 import numpy as np
 import pytest
 import torch
 from captum.attr import DeepLift, GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
 from captum_layerpair import LayerPairAttribution
-from captum_layerpair.attr import _shared_forward
+from captum_layerpair.attr import _shared_forward, _strategies
 from captum_layerpair.attr._subnetwork import SubNetwork
 from captum_layerpair.models import SmallResNet
 
@@ -89,3 +90,18 @@ def test_group_size_follows_the_measured_graph_memory():
     per_row = shared.graph_bytes_per_row
     assert per_row == 4 * (100 + 20 + 6 * 10) / 6
     assert shared.units_within_graph(6) == int(per_row * 6 // (6 * 10 * 4)) == 3
+
+
+@pytest.mark.parametrize("method, kwargs", [(Saliency, {}), (Saliency, {"abs": False}), (InputXGradient, {})])
+def test_one_gradient_methods_take_every_unit_from_one_forward_without_captum_calls(setup, monkeypatch, method,
+                                                                                     kwargs):
+    model, x = setup
+    lp = LayerPairAttribution(model, SOURCE, TARGET, method=method, method_kwargs=kwargs)
+    loop = lp.attribute(x, vectorize="loop")
+    calls = []
+    original = _strategies.AttributionJob.call
+    monkeypatch.setattr(_strategies.AttributionJob, "call", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fast = lp.attribute(x)
+    assert not calls
+    assert fast.shape == loop.shape and rel_err(fast, loop) < 1e-6
+    assert (fast < 0).any() == (method is InputXGradient or not kwargs.get("abs", True))

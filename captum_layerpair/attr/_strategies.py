@@ -2,7 +2,8 @@
 
 ``per_unit``: one Captum run per unit, the RNG reset before each so all units see the same random draws; with a
 ``SharedForward`` the runs share their forward passes and gradients (the fast path for gradient methods and any
-method without native multi-output support), without it they are independent (``vectorize="loop"``).
+method without native multi-output support), without it they are independent (``vectorize="loop"``). Saliency and
+InputXGradient skip the per-unit runs: one forward pass, one backward pass per unit (``_gradients``).
 ``native``: Captum's ablation family for all units from the same perturbed forwards, with our own accounting
 (``_ablation``), or one Captum run with ``target=None`` where that does not cover the call.
 ``folded``: one run with the batch repeated once per unit and one target per row (``vectorize="batched"``).
@@ -11,6 +12,8 @@ Each returns ``(attributions [N, k, *S], deltas [N, k] or None)``; methods that 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from captum_layerpair._random import RNGState, rng_state, set_rng_state
 from captum_layerpair.attr._ablation import ablation_attributions
+from captum_layerpair.attr._gradients import gradient_attributions
 from captum_layerpair.attr._methods import DISTRIBUTION_BASELINES, MODULE_HOOKING, ResolvedMethod
 from captum_layerpair.attr._prefix import PrefixCache
 from captum_layerpair.attr._shared_forward import SharedForward
@@ -95,6 +99,13 @@ def per_unit(job: AttributionJob, units: torch.Tensor, share_forwards: bool,
     instance = job.build()
     if not share_forwards:
         return _run_units(job, instance, units, None, progress)
+    if not job.return_delta and len(job.inputs) == 1:
+        with _sub_network(job, units):
+            attr = gradient_attributions(instance, job.function, job.inputs[0], job.forward_args, job.kwargs)
+        if attr is not None:  # Saliency, InputXGradient: one forward, one backward pass per unit, no Captum call
+            if progress is not None:
+                progress.update(len(units))
+            return attr, None
     inner = instance.attribution_method if isinstance(instance, NoiseTunnel) else instance
     if isinstance(inner, MODULE_HOOKING):
         # their backward hooks hold per-forward state that one backward pass consumes: all rows from that pass
@@ -131,54 +142,59 @@ def _run_units(job: AttributionJob, instance: Any, units: torch.Tensor, shared: 
     if not job.method.is_layer_method and not isinstance(instance, PerturbationAttribution):
         inputs = inputs.requires_grad_()  # our own copy of the source value: gradient methods need the flag
     deltas = []
-    if shared is not None:
-        job.function.units, job.function.shared = units, shared
-        job.share_prefix()
-    try:
-        for i, unit in enumerate(units.tolist()):
-            job.reset_rng()
+    with _sub_network(job, units) if shared is not None else nullcontext():
+        if shared is not None:
+            job.function.shared = shared
+        try:
+            for i, unit in enumerate(units.tolist()):
+                job.reset_rng()
+                if shared is not None:
+                    shared.record() if i == 0 else shared.replay()
+                target = i if shared is not None else unit
+                attr, delta = job.call(instance, inputs, target, job.forward_args, job.kwargs)
+                if attrs is None:
+                    attrs = attr.new_empty(attr.shape[0], len(units), *attr.shape[1:])
+                attrs[:, i] = attr.detach()
+                deltas.append(delta)
+                if progress is not None:
+                    progress.update(1)
+        finally:
             if shared is not None:
-                shared.record() if i == 0 else shared.replay()
-            target = i if shared is not None else unit
-            attr, delta = job.call(instance, inputs, target, job.forward_args, job.kwargs)
-            if attrs is None:
-                attrs = attr.new_empty(attr.shape[0], len(units), *attr.shape[1:])
-            attrs[:, i] = attr.detach()
-            deltas.append(delta)
-            if progress is not None:
-                progress.update(1)
+                job.function.shared = None
+                shared.release()
+    return attrs, _stack_deltas(deltas, job.n, instance, job.kwargs)
+
+
+@contextmanager
+def _sub_network(job: AttributionJob, units: torch.Tensor) -> Iterator[None]:
+    """The sub-network restricted to ``units``, with the prefix served, for the block."""
+    job.function.units = units
+    job.share_prefix()
+    try:
+        yield
     finally:
-        job.function.units, job.function.shared = None, None
+        job.function.units = None
         if hasattr(job.function, "prefix"):
             job.function.prefix = None
-        if shared is not None:
-            shared.release()
-    return attrs, _stack_deltas(deltas, job.n, instance, job.kwargs)
 
 
 def native(job: AttributionJob, units: torch.Tensor,
            progress: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """An ablation-family method for all of the chunk's units from the same perturbed forwards."""
     instance = job.build()
-    job.function.units = units
     job.reset_rng()
-    try:
-        job.share_prefix()
-        attr = None
+    attr = None
+    with _sub_network(job, units):
         if len(job.inputs) == 1 and not job.return_delta:
             attr = ablation_attributions(instance, job.function, job.inputs[0], job.forward_args, job.kwargs,
                                          job.show_progress)
-        if attr is None:
-            if _per_example_mask(job):  # Captum's multi-output accounting cannot broadcast it
-                return per_unit(job, units, True, progress)
+        if attr is None and not _per_example_mask(job):  # Captum's own multi-output accounting
             kwargs = dict(job.kwargs)
             if job.show_progress:
                 kwargs.setdefault("show_progress", True)
             attr, _ = job.call(instance, job.captum_inputs(), None, job.forward_args, kwargs)
-    finally:
-        job.function.units = None
-        if hasattr(job.function, "prefix"):
-            job.function.prefix = None
+    if attr is None:  # a per-example mask Captum's multi-output accounting cannot broadcast
+        return per_unit(job, units, True, progress)
     if progress is not None:
         progress.update(len(units))
     return attr.detach().reshape(job.n, len(units), *job.inputs[0].shape[1:]), None
