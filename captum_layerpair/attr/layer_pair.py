@@ -213,7 +213,8 @@ class LayerPairAttribution(Attribution):
         target_batch_size:
             Process this many target units at a time (each chunk runs its own forward passes; bounds the
             Jacobian rows DeepLift-type methods hold). ``internal_batch_size`` (IntegratedGradients) bounds the
-            forward graphs gradient methods keep: at most that many rows at a time, recomputed for each unit.
+            forward graphs gradient methods keep: one graph of at most that many rows at a time, the units in
+            groups whose gradient rows fit in that graph's memory (each group repeats the forward passes).
         return_convergence_delta:
             Also return the method's convergence delta per sample and unit, measured against ``g_x``.
         show_progress:
